@@ -1,0 +1,1 @@
+"""Speed and quality measurements (not tests): each script prints a table and writes JSON to results/."""

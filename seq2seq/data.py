@@ -1,0 +1,242 @@
+"""Synthetic sequence tasks, the vocabulary, and batches of padded token ids.
+
+Tasks (`data.task`): copy, reverse, sort (symbols by value) and add (two base-`num_symbols` integers, most
+significant digit first, separated by `+`, to their sum). A dataset folder holds one parquet file per split and
+`vocab.json`; sequences are stored as space-separated tokens, the same text format `predict` reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from seq2seq.config import ConfigError, require
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+PLUS = "+"
+SPLITS = ("train", "val", "test", "test_long")
+EVAL_SPLITS = ("val", "test", "test_long")
+VOCAB_FILE = "vocab.json"
+# Rejection sampling keeps evaluation sources out of train; past this many draws per wanted example the task's
+# space is too small for the requested sizes and we say so instead of looping.
+_MAX_DRAWS_PER_EXAMPLE = 50
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The `data` section of params.yaml."""
+
+    task: Literal["copy", "reverse", "sort", "add"]
+    num_symbols: int  # vocabulary size = num_symbols + 4 specials (+1 for `+` in add, where it is the base)
+    min_len: int  # for add: digits per operand
+    max_len: int
+    long_max_len: int  # test_long draws lengths in (max_len, long_max_len]
+    n_train: int
+    n_val: int
+    n_test: int
+    n_test_long: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        require(self.num_symbols >= 2, "num_symbols", f"must be >= 2, got {self.num_symbols}")
+        require(self.min_len >= 1, "min_len", f"must be >= 1, got {self.min_len}")
+        require(self.max_len >= self.min_len, "max_len", f"must be >= min_len ({self.min_len}), got {self.max_len}")
+        require(
+            self.long_max_len > self.max_len,
+            "long_max_len",
+            f"must be > max_len ({self.max_len}) so test_long is longer than training, got {self.long_max_len}",
+        )
+        for name in ("n_train", "n_val", "n_test", "n_test_long"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+class Vocab:
+    """Token <-> id mapping; ids 0..3 are <pad>, <bos>, <eos>, <unk>."""
+
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+    def __init__(self, tokens: list[str]) -> None:
+        if tuple(tokens[:4]) != SPECIALS or len(set(tokens)) != len(tokens):
+            raise ValueError(f"a vocabulary starts with {SPECIALS} and has no duplicates, got {tokens[:8]}...")
+        self.tokens = list(tokens)
+        self.index = {tok: i for i, tok in enumerate(tokens)}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.tokens == other.tokens
+
+    def encode(self, text: str) -> list[int]:
+        """Space-separated tokens -> ids; raises KeyError naming the first unknown token."""
+        ids = []
+        for tok in text.split():
+            if tok not in self.index or tok in SPECIALS:
+                raise KeyError(f"unknown token {tok!r}")
+            ids.append(self.index[tok])
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids -> space-separated tokens, stopping at <eos> and dropping <pad>/<bos>."""
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id):
+                out.append(self.tokens[i])
+        return " ".join(out)
+
+
+def build_vocab(cfg: DataConfig) -> Vocab:
+    symbols = [str(i) for i in range(cfg.num_symbols)]
+    return Vocab([*SPECIALS, *symbols, *([PLUS] if cfg.task == "add" else [])])
+
+
+def _digits(n: int, base: int) -> list[int]:
+    out = [n % base]
+    while n >= base:
+        n //= base
+        out.append(n % base)
+    return out[::-1]
+
+
+def _example(rng: np.random.Generator, cfg: DataConfig, lo: int, hi: int) -> tuple[list[str], list[str]]:
+    """One (source, target) pair as token lists, with lengths (operand digits for add) in [lo, hi]."""
+    base = cfg.num_symbols
+    if cfg.task == "add":
+        operands = []
+        for _ in range(2):
+            n = int(rng.integers(lo, hi + 1))
+            # No leading zero: a multi-digit operand starts with a digit in 1..base-1.
+            digits = [int(rng.integers(1 if n > 1 else 0, base)), *rng.integers(0, base, n - 1).tolist()]
+            operands.append(digits)
+        a, b = (_value(d, base) for d in operands)
+        src = [str(d) for d in operands[0]] + [PLUS] + [str(d) for d in operands[1]]
+        return src, [str(d) for d in _digits(a + b, base)]
+    seq = rng.integers(0, base, int(rng.integers(lo, hi + 1))).tolist()
+    tgt = {"copy": seq, "reverse": seq[::-1], "sort": sorted(seq)}[cfg.task]
+    return [str(s) for s in seq], [str(s) for s in tgt]
+
+
+def _value(digits: list[int], base: int) -> int:
+    value = 0
+    for d in digits:
+        value = value * base + d
+    return value
+
+
+def generate_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """Draw every split; evaluation sources never appear in train. Returns the frames and leakage counts."""
+    frames: dict[str, pd.DataFrame] = {}
+    seen_train: set[str] = set()
+    stats = {"resampled_overlap": 0}
+    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "test_long": cfg.n_test_long}
+    for index, split in enumerate(SPLITS):
+        # One independent stream per split, so resizing one split leaves the others' examples unchanged.
+        rng = np.random.default_rng([cfg.seed, index])
+        lo, hi = (cfg.max_len + 1, cfg.long_max_len) if split == "test_long" else (cfg.min_len, cfg.max_len)
+        rows: list[tuple[str, str]] = []
+        draws = 0
+        while len(rows) < sizes[split]:
+            draws += 1
+            if draws > _MAX_DRAWS_PER_EXAMPLE * sizes[split]:
+                raise ConfigError(
+                    f"data.n_{split}" if split != "test_long" else "data.n_test_long",
+                    f"could not draw {sizes[split]} {split} sources unseen in train; "
+                    "the task space is too small: raise num_symbols or max_len, or lower the split sizes",
+                )
+            src, tgt = _example(rng, cfg, lo, hi)
+            src_text = " ".join(src)
+            if split != "train" and src_text in seen_train:
+                stats["resampled_overlap"] += 1
+                continue
+            rows.append((src_text, " ".join(tgt)))
+        frame = pd.DataFrame(rows, columns=["src", "tgt"]).astype({"src": "string", "tgt": "string"})
+        frame["src_len"] = frame["src"].str.count(" ").add(1).astype("int32")
+        frame["tgt_len"] = frame["tgt"].str.count(" ").add(1).astype("int32")
+        frames[split] = frame
+        if split == "train":
+            seen_train = set(frame["src"])
+    stats.update({f"overlap_{s}": int(frames[s]["src"].isin(seen_train).sum()) for s in EVAL_SPLITS})
+    return frames, stats
+
+
+def length_histogram(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Source-length counts, one row per length and one column per split (for a DVC plot)."""
+    counts = {s: f["src_len"].value_counts() for s, f in frames.items()}
+    table = pd.DataFrame(counts).fillna(0).astype("int64").sort_index()
+    return table.rename_axis("length").reset_index()
+
+
+def write_dataset(out_dir: Path, frames: dict[str, pd.DataFrame], vocab: Vocab) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, frame in frames.items():
+        # No index, pinned compression: the same frames give byte-identical files.
+        frame.to_parquet(out_dir / f"{split}.parquet", index=False, compression="zstd", engine="pyarrow")
+    (out_dir / VOCAB_FILE).write_text(json.dumps({"tokens": vocab.tokens}, indent=1) + "\n")
+
+
+def read_split(data_dir: Path, split: str) -> pd.DataFrame:
+    path = Path(data_dir) / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {split} split at {path}; run the generate stage first")
+    return pd.read_parquet(path)
+
+
+def read_vocab(data_dir: Path) -> Vocab:
+    return Vocab(json.loads((Path(data_dir) / VOCAB_FILE).read_text())["tokens"])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A split as padded id tensors on the CPU; targets are wrapped as <bos> ... <eos>."""
+
+    src: torch.Tensor  # (N, S_max) int64
+    src_len: torch.Tensor  # (N,) int64
+    tgt: torch.Tensor  # (N, T_max + 2) int64
+    tgt_len: torch.Tensor  # (N,) int64, counting <bos> and <eos>
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows `index`, trimmed to the batch's own longest source and target."""
+        src_len = self.src_len[index]
+        tgt_len = self.tgt_len[index]
+        return self.src[index, : int(src_len.max())], src_len, self.tgt[index, : int(tgt_len.max())]
+
+
+def pad_batch(rows: list[list[int]], pad_id: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def encode_split(frame: pd.DataFrame, vocab: Vocab) -> Encoded:
+    src = [vocab.encode(s) for s in frame["src"]]
+    tgt = [[vocab.bos_id, *vocab.encode(t), vocab.eos_id] for t in frame["tgt"]]
+    return Encoded(
+        src=pad_batch(src, vocab.pad_id),
+        src_len=torch.tensor([len(s) for s in src], dtype=torch.long),
+        tgt=pad_batch(tgt, vocab.pad_id),
+        tgt_len=torch.tensor([len(t) for t in tgt], dtype=torch.long),
+    )
+
+
+def dataset_digest(data_dir: Path) -> str:
+    """sha256 over the dataset folder's file names and bytes: the data tag of an MLflow run."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(data_dir).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

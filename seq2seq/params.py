@@ -1,0 +1,57 @@
+"""params.yaml -> frozen config dataclasses, strictly: the first bad key is named with the file it came from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seq2seq.config import ConfigError, from_mapping, require
+from seq2seq.data import DataConfig
+from seq2seq.model import ModelConfig
+from seq2seq.train import TrainConfig
+
+
+class ParamsError(ValueError):
+    """params.yaml cannot be used; the message names the file and the dotted key."""
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys as in params.yaml (`model.hidden_dim`), for MLflow params."""
+        return {f"{section}.{k}": v for section in SECTIONS for k, v in asdict(getattr(self, section)).items()}
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def parse_params(raw: Any) -> Params:
+    require(isinstance(raw, Mapping), "params", f"the file must hold a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    require(not unknown, unknown[0] if unknown else "", f"unknown section (known: {', '.join(SECTIONS)})")
+    missing = [s for s in SECTIONS if s not in raw]
+    require(not missing, missing[0] if missing else "", "missing section")
+    return Params(**{name: from_mapping(cls, raw[name], name) for name, cls in SECTIONS.items()})
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate params.yaml; raises ParamsError naming the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return parse_params(raw)
+    except ConfigError as err:
+        raise ParamsError(f"{path}: {err}") from None

@@ -1,0 +1,223 @@
+"""The training loop: Adam, gradient clipping, teacher-forcing and LR schedules, validation and early stopping.
+
+Tracking stays outside: `fit` calls `log(epoch, metrics)` once per epoch and `save_best(model, epoch, metrics)`
+when validation loss improves; the stage decides what those do (MLflow, files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from tqdm import tqdm
+
+from seq2seq.config import require
+from seq2seq.data import Encoded
+from seq2seq.metrics import exact_matches, token_matches
+from seq2seq.model import Seq2Seq, sequence_loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train` section of params.yaml."""
+
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    bf16: bool  # autocast to bfloat16 on CUDA; ignored on the CPU
+    batch_size: int
+    max_epochs: int
+    lr: float
+    lr_schedule: Literal["constant", "cosine"]
+    lr_final_ratio: float  # cosine decays lr to lr * lr_final_ratio at max_epochs
+    clip: float  # max global grad norm
+    tf_start: float  # teacher-forcing ratio at epoch 1 ...
+    tf_end: float  # ... decaying linearly to this ...
+    tf_decay_epochs: int  # ... over this many epochs (0: constant tf_start)
+    patience: int  # epochs without a val-loss improvement of min_delta before stopping
+    min_delta: float
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.max_epochs >= 1, "max_epochs", f"must be >= 1, got {self.max_epochs}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 < self.lr_final_ratio <= 1, "lr_final_ratio", f"must be in (0, 1], got {self.lr_final_ratio}")
+        require(self.clip > 0, "clip", f"must be > 0, got {self.clip}")
+        require(0 <= self.tf_start <= 1, "tf_start", f"must be in [0, 1], got {self.tf_start}")
+        require(0 <= self.tf_end <= self.tf_start, "tf_end", f"must be in [0, tf_start], got {self.tf_end}")
+        require(self.tf_decay_epochs >= 0, "tf_decay_epochs", f"must be >= 0, got {self.tf_decay_epochs}")
+        require(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        require(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def teacher_forcing_ratio(cfg: TrainConfig, epoch: int) -> float:
+    """Linear decay from tf_start (epoch 1) to tf_end (epoch 1 + tf_decay_epochs), constant after."""
+    if cfg.tf_decay_epochs == 0:
+        return cfg.tf_start
+    progress = min(1.0, (epoch - 1) / cfg.tf_decay_epochs)
+    return cfg.tf_start + (cfg.tf_end - cfg.tf_start) * progress
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """Per-epoch LR: constant, or cosine from lr (epoch 1) to lr * lr_final_ratio (epoch max_epochs)."""
+    if cfg.lr_schedule == "constant" or cfg.max_epochs == 1:
+        return cfg.lr
+    progress = (epoch - 1) / (cfg.max_epochs - 1)
+    final = cfg.lr * cfg.lr_final_ratio
+    return final + (cfg.lr - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best validation loss; `should_stop` after `patience` epochs without a min_delta improvement."""
+
+    patience: int
+    min_delta: float
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record one epoch's value; True when it is a new best."""
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def show_progress() -> bool:
+    """Progress bars only for a person at a terminal, never in CI logs or DVC's captured output."""
+    return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_split(model: Seq2Seq, data: Encoded, batch_size: int, device: torch.device, bf16: bool = False):
+    """Teacher-forced loss and greedy-decoding token accuracy / exact match over a whole split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = tokens = exact = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(data), batch_size):
+        src, src_len, tgt = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        src, tgt = src.to(device), tgt.to(device)
+        with _autocast(device, bf16):
+            logits = model(src, src_len, tgt[:, :-1])  # (B, T, V)
+            n = (tgt[:, 1:] != model.pad_id).sum()
+            loss_sum += sequence_loss(logits, tgt[:, 1:], model.pad_id) * n
+            pred, _ = model.generate(src, src_len, max_len=tgt.shape[1])  # (B, T')
+        hit, count = token_matches(pred, tgt[:, 1:], model.pad_id)
+        correct, tokens = correct + hit.sum(), tokens + count.sum()
+        exact = exact + exact_matches(pred, tgt[:, 1:], model.pad_id).sum()
+    n_tokens = tokens.item()
+    return {
+        "loss": loss_sum.item() / n_tokens,
+        "token_acc": correct.item() / n_tokens,
+        "exact_match": exact.item() / len(data),
+    }
+
+
+def fit(
+    model: Seq2Seq,
+    train: Encoded,
+    val: Encoded,
+    cfg: TrainConfig,
+    device: torch.device,
+    log: Callable[[int, dict[str, float]], None],
+    save_best: Callable[[Seq2Seq, int, dict[str, float]], None],
+) -> FitResult:
+    """Train `model` (already on `device`) until max_epochs or early stopping. Seeds come from cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    stopper = EarlyStopping(cfg.patience, cfg.min_delta)
+    result = FitResult()
+    for epoch in range(1, cfg.max_epochs + 1):
+        lr, tf = learning_rate(cfg, epoch), teacher_forcing_ratio(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        started = time.perf_counter()
+        # Running sums stay on the device: no .item() (a GPU sync) inside the step loop.
+        loss_sum = torch.zeros((), device=device)
+        norm_sum = torch.zeros((), device=device)
+        n_tokens = torch.zeros((), dtype=torch.long, device=device)
+        order = torch.randperm(len(train), generator=shuffle)
+        starts = range(0, len(train), cfg.batch_size)
+        for start in tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not show_progress()):
+            src, src_len, tgt = train.batch(order[start : start + cfg.batch_size])
+            src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, cfg.bf16):
+                logits = model(src, src_len, tgt[:, :-1], teacher_forcing=tf)  # (B, T, V)
+                loss = sequence_loss(logits, tgt[:, 1:], model.pad_id)
+            loss.backward()
+            # Clip by global norm: an LSTM's gradient can explode on an unlucky batch, and one huge Adam step
+            # would undo many good ones. The returned norm is the one before clipping, which is what we log.
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            n = (tgt[:, 1:] != model.pad_id).sum()
+            loss_sum += loss.detach() * n
+            norm_sum += norm
+            n_tokens += n
+        # --- once per epoch: validation, checkpoint, log ---
+        train_loss = loss_sum.item() / n_tokens.item()
+        elapsed = time.perf_counter() - started
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"epoch {epoch}: the training loss is {train_loss}; stopping before saving")
+        val_metrics = evaluate_split(model, val, cfg.batch_size, device, cfg.bf16)
+        row = {
+            "train_loss": train_loss,
+            "val_loss": val_metrics["loss"],
+            "val_token_acc": val_metrics["token_acc"],
+            "val_exact_match": val_metrics["exact_match"],
+            "grad_norm": norm_sum.item() / len(starts),
+            "lr": lr,
+            "teacher_forcing": tf,
+            "tokens_per_s": n_tokens.item() / elapsed,
+            "epoch_time_s": elapsed,
+        }
+        result.history.append({"epoch": epoch, **row})
+        if stopper.update(row["val_loss"], epoch):
+            result.best_epoch = epoch
+            save_best(model, epoch, row)
+        log(epoch, row)
+        if stopper.should_stop:
+            result.stopped_early = True
+            break
+    return result

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny configs, a tiny dataset, and the stages loaded as click commands."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seq2seq.data import DataConfig, build_vocab, encode_split, generate_splits
+from seq2seq.model import ModelConfig
+from seq2seq.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_data_config(**overrides) -> DataConfig:
+    values = dict(
+        task="reverse", num_symbols=8, min_len=2, max_len=5, long_max_len=7,
+        n_train=300, n_val=40, n_test=40, n_test_long=20, seed=0,
+    )  # fmt: skip
+    return DataConfig(**{**values, **overrides})
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{**dict(emb_dim=16, hidden_dim=32, num_layers=2, dropout=0.0), **overrides})
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    values = dict(
+        seed=0, device="cpu", bf16=False, batch_size=32, max_epochs=3, lr=0.01, lr_schedule="cosine",
+        lr_final_ratio=0.1, clip=1.0, tf_start=1.0, tf_end=0.5, tf_decay_epochs=2, patience=2, min_delta=0.0,
+    )  # fmt: skip
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    cfg = tiny_data_config()
+    frames, _ = generate_splits(cfg)
+    vocab = build_vocab(cfg)
+    return vocab, {split: encode_split(frame, vocab) for split, frame in frames.items()}
+
+
+@pytest.fixture(scope="session")
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def load_stage(name: str):
+    """The click command of stages/<name>.py (stages are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

@@ -1,0 +1,172 @@
+"""The model: padding never leaks, parity with the seed's math, it can learn, and greedy decoding stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.reference import ReferenceSeq2Seq
+from seq2seq.data import pad_batch
+from seq2seq.model import AdditiveAttention, Seq2Seq, sequence_loss
+from tests.conftest import tiny_model_config
+
+PAD, BOS, EOS, VOCAB = 0, 1, 2, 12
+
+
+def make_model(seed: int = 0, **overrides) -> Seq2Seq:
+    torch.manual_seed(seed)
+    return Seq2Seq(tiny_model_config(**overrides), VOCAB, PAD, BOS, EOS)
+
+
+def ragged_batch():
+    src = pad_batch([[4, 5, 6, 7, 8], [9, 10], [5, 6, 7]], PAD)  # (3, 5)
+    src_len = torch.tensor([5, 2, 3])
+    tgt = pad_batch([[BOS, 8, 7, 6, 5, 4, EOS], [BOS, 10, 9, EOS], [BOS, 7, 6, 5, EOS]], PAD)  # (3, 7)
+    return src, src_len, tgt
+
+
+def test_padding_gets_zero_attention_and_rows_sum_to_one():
+    model = make_model().eval()
+    src, src_len, _ = ragged_batch()
+    _, weights = model.generate(src, src_len, max_len=6, return_attention=True)  # (B, T, S)
+    pad = torch.arange(src.shape[1]) >= src_len[:, None]  # (B, S)
+    assert (weights.masked_select(pad[:, None, :].expand_as(weights)) == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
+
+
+def test_a_sequence_gives_the_same_logits_alone_or_padded_in_a_batch():
+    # Checks the packed encoder and the attention mask together: padding must not change anything.
+    model = make_model().eval()
+    src, src_len, tgt = ragged_batch()
+    batched = model(src, src_len, tgt[:, :-1])  # (3, 6, V)
+    for i in range(3):
+        s, t = src_len[i].item(), int((tgt[i] != PAD).sum())
+        alone = model(src[i : i + 1, :s], src_len[i : i + 1], tgt[i : i + 1, : t - 1])
+        torch.testing.assert_close(batched[i : i + 1, : t - 1], alone, atol=1e-6, rtol=1e-5)
+
+
+def test_padding_embeddings_and_loss_ignore_pad():
+    model = make_model()
+    assert (model.encoder.embedding.weight[PAD] == 0).all() and (model.decoder.embedding.weight[PAD] == 0).all()
+    logits = torch.randn(2, 3, VOCAB)
+    tgt = torch.tensor([[4, EOS, PAD], [5, 6, EOS]])
+    real = tgt != PAD
+    expected = torch.nn.functional.cross_entropy(logits[real], tgt[real])
+    torch.testing.assert_close(sequence_loss(logits, tgt, PAD), expected)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_logits_and_gradients_equal_the_seed_reference(num_layers):
+    torch.manual_seed(1)
+    model = make_model(num_layers=num_layers, dropout=0.5).eval()  # eval: dropout off, as the parity needs
+    cfg = model.cfg
+    reference = ReferenceSeq2Seq(VOCAB, cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, cfg.dropout).eval()
+    reference.load_from(model)
+    src = torch.randint(3, VOCAB, (4, 6))  # no padding: the seed has no masks
+    tgt = torch.cat([torch.full((4, 1), BOS), torch.randint(3, VOCAB, (4, 7))], 1)  # (B, 8)
+
+    ours = model(src, torch.full((4,), 6), tgt[:, :-1])  # (B, T, V)
+    theirs = reference(src.T, tgt.T).transpose(0, 1)  # (T, B, V) -> (B, T, V)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+    sequence_loss(ours, tgt[:, 1:], PAD).backward()
+    sequence_loss(theirs, tgt[:, 1:], PAD).backward()
+    dec, enc, ref, H = model.decoder, model.encoder, reference, cfg.hidden_dim
+    pairs = {  # our parameter's gradient -> the same weights' gradient in the seed's layout
+        "enc.embedding": (enc.embedding.weight.grad, ref.enc_embedding.weight.grad),
+        "dec.embedding": (dec.embedding.weight.grad, ref.dec_embedding.weight.grad),
+        "attn.query": (dec.attention.query_proj.weight.grad, ref.attn.weight.grad[:, :H]),
+        "attn.key": (dec.attention.key_proj.weight.grad, ref.attn.weight.grad[:, H:]),
+        "attn.bias": (dec.attention.query_proj.bias.grad, ref.attn.bias.grad),
+        "attn.v": (dec.attention.v.weight.grad, ref.v.weight.grad),
+        "out.weight": (dec.out.weight.grad, ref.fc_out.weight.grad),
+        "out.bias": (dec.out.bias.grad, ref.fc_out.bias.grad),
+    }
+    for layer, cell in enumerate(dec.cells):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            pairs[f"dec.{name}{layer}"] = (getattr(cell, name).grad, getattr(ref.dec_lstm, f"{name}_l{layer}").grad)
+            pairs[f"enc.{name}{layer}"] = (
+                getattr(enc.lstm, f"{name}_l{layer}").grad,
+                getattr(ref.enc_lstm, f"{name}_l{layer}").grad,
+            )
+    for name, (ours_grad, ref_grad) in pairs.items():
+        assert ours_grad is not None and ours_grad.abs().sum() > 0, name
+        torch.testing.assert_close(ours_grad, ref_grad, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_overfits_one_small_batch():
+    model = make_model(dropout=0.0)
+    src, src_len, tgt = ragged_batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = sequence_loss(model(src, src_len, tgt[:, :-1]), tgt[:, 1:], PAD)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.01
+    pred, _ = model.eval().generate(src, src_len, max_len=10)
+    assert torch.equal(pred, tgt[:, 1 : pred.shape[1] + 1])
+
+
+def test_generate_stops_at_eos_or_max_len():
+    model = make_model().eval()
+    with torch.no_grad():
+        model.decoder.out.bias[EOS] = 100.0  # makes <eos> the first prediction everywhere
+    src, src_len, _ = ragged_batch()
+    pred, _ = model.generate(src, src_len, max_len=9)
+    assert pred.shape == (3, 1) and (pred == EOS).all()
+    with torch.no_grad():
+        model.decoder.out.bias[EOS] = -100.0  # never <eos>: runs to max_len
+    pred, attention = model.generate(src, src_len, max_len=4, return_attention=True)
+    assert pred.shape == (3, 4) and attention.shape == (3, 4, 5) and not (pred == EOS).any()
+
+
+def test_pads_after_eos():
+    model = make_model().eval()
+    with torch.no_grad():
+        model.decoder.out.bias[EOS] = 3.0
+    pred, _ = model.generate(*ragged_batch()[:2], max_len=8)
+    for row in pred:
+        ends = (row == EOS).nonzero()
+        if len(ends):
+            assert (row[ends[0, 0] + 1 :] == PAD).all()
+
+
+def test_teacher_forcing_mask_is_seeded_and_feeds_predictions_back():
+    model = make_model().eval()
+    src, src_len, tgt = ragged_batch()
+    forced = model(src, src_len, tgt[:, :-1], teacher_forcing=1.0)
+    torch.manual_seed(5)
+    mixed_a = model(src, src_len, tgt[:, :-1], teacher_forcing=0.5)
+    torch.manual_seed(5)
+    mixed_b = model(src, src_len, tgt[:, :-1], teacher_forcing=0.5)
+    free = model(src, src_len, tgt[:, :-1], teacher_forcing=0.0)
+    torch.testing.assert_close(mixed_a, mixed_b)
+    torch.testing.assert_close(forced[:, 0], free[:, 0])  # step 0 always reads <bos>
+    assert not torch.allclose(forced, free)
+    # With no teacher forcing, every step's input is the previous step's argmax: check against greedy decoding.
+    greedy, _ = model.generate(src, src_len, max_len=tgt.shape[1] - 1)
+    torch.testing.assert_close(free.argmax(-1)[:, : greedy.shape[1]].masked_fill(greedy == PAD, PAD), greedy)
+
+
+def test_masking_is_safe_in_half_precision():
+    torch.manual_seed(0)
+    attention = AdditiveAttention(8)
+    enc_out = torch.randn(2, 4, 8) * 100  # large activations would overflow a -1e10 fill in fp16
+    mask = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    for dtype in (torch.float16, torch.bfloat16):
+        attention = attention.to(dtype)
+        x = enc_out.to(dtype)
+        context, weights = attention(x[:, 0], attention.key_proj(x), x, mask)
+        assert torch.isfinite(context).all() and torch.isfinite(weights).all()
+        assert (weights[~mask] == 0).all()
+
+
+def test_bf16_autocast_forward_is_finite_and_close():
+    model = make_model().eval()
+    src, src_len, tgt = ragged_batch()
+    full = model(src, src_len, tgt[:, :-1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(src, src_len, tgt[:, :-1])
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), full, atol=0.1, rtol=0.05)

@@ -1,0 +1,106 @@
+"""Strict params: every bad case names the file and the key, exits 2 and writes nothing."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from seq2seq.params import ParamsError, load_params
+from tests.conftest import load_stage
+
+BAD_CASES = [
+    # (section, key, value or DELETE, fragment of the message)
+    ("train", "lr", 0, "train.lr: must be > 0"),
+    ("train", "lr", -0.1, "train.lr: must be > 0"),
+    ("train", "clip", 0.0, "train.clip: must be > 0"),
+    ("train", "lr", "fast", "train.lr: must be a number"),
+    ("train", "batch_size", 1.5, "train.batch_size: must be an integer"),
+    ("train", "batch_size", True, "train.batch_size: must be an integer"),
+    ("train", "device", "tpu", "train.device: must be one of"),
+    ("train", "tf_end", 1.5, "train.tf_end: must be in [0, tf_start]"),
+    ("train", "bf16", "yes", "train.bf16: must be true or false"),
+    ("train", "patience", 0, "train.patience: must be >= 1"),
+    ("model", "dropout", 1.0, "model.dropout: must be in [0, 1)"),
+    ("model", "dropout", -0.1, "model.dropout: must be in [0, 1)"),
+    ("model", "hidden_dim", 0, "model.hidden_dim: must be >= 1"),
+    ("model", "hiden_dim", 64, "model.hiden_dim: unknown key"),
+    ("model", "num_layers", "DELETE", "model.num_layers: missing key"),
+    ("data", "max_len", 1, "data.max_len: must be >= min_len"),
+    ("data", "long_max_len", 12, "data.long_max_len: must be > max_len"),
+    ("data", "task", "translate", "data.task: must be one of"),
+    ("data", "n_val", 0, "data.n_val: must be >= 1"),
+]
+
+
+def _write(tmp_path, params: dict):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_default_params_load(default_params, tmp_path):
+    params = load_params(_write(tmp_path, default_params))
+    assert params.flat()["model.hidden_dim"] == default_params["model"]["hidden_dim"]
+    assert set(params.flat()) == {f"{s}.{k}" for s, keys in default_params.items() for k in keys}
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), BAD_CASES)
+def test_bad_params_are_named(default_params, tmp_path, section, key, value, message):
+    params = copy.deepcopy(default_params)
+    if value == "DELETE":
+        del params[section][key]
+    else:
+        params[section][key] = value
+    path = _write(tmp_path, params)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+
+
+def test_unknown_and_missing_sections(default_params, tmp_path):
+    with pytest.raises(ParamsError, match="optimizer: unknown section"):
+        load_params(_write(tmp_path, {**default_params, "optimizer": {}}))
+    with pytest.raises(ParamsError, match="train: missing section"):
+        load_params(_write(tmp_path, {k: v for k, v in default_params.items() if k != "train"}))
+    (tmp_path / "broken.yaml").write_text("data: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "broken.yaml")
+    with pytest.raises(ParamsError, match="cannot read"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def stage_args(stage: str, params: Path, out: Path, data: Path) -> list[str]:
+    """Every required option of a stage, all outputs under `out`."""
+    args = ["--params", str(params), "--metrics", str(out / "metrics.json")]
+    if stage == "generate":
+        return [*args, "--out", str(out / "data"), "--lengths", str(out / "lengths.csv")]
+    outputs = {"--checkpoint": "model.pt", "--run-ref": "run.json", "--timing": "t.json", "--history": "h.csv"}
+    return [*args, "--data", str(data), *(x for opt, name in outputs.items() for x in (opt, str(out / name)))]
+
+
+@pytest.mark.parametrize("stage", ["generate", "train"])
+def test_stage_exits_2_and_writes_nothing(default_params, tmp_path, stage):
+    params = copy.deepcopy(default_params)
+    params["train"]["lr"] = -1
+    path = _write(tmp_path, params)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(load_stage(stage), stage_args(stage, path, out, data=tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"Error: {path}: train.lr: must be > 0" in result.output
+    assert not out.exists()
+
+
+def test_too_small_task_space_is_a_params_error(default_params, tmp_path):
+    params = copy.deepcopy(default_params)
+    params["data"].update(num_symbols=2, min_len=1, max_len=2, n_val=50)
+    path = _write(tmp_path, params)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(load_stage("generate"), stage_args("generate", path, out, data=tmp_path))
+    assert result.exit_code == 2, result.output
+    assert "data.n_val: could not draw 50 val sources unseen in train" in result.output
+    assert not out.exists()
