@@ -1,0 +1,92 @@
+"""Tracking: where the store resolves to, and the run lifecycle against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seq2seq import tracking
+
+
+def test_default_store_is_the_cwd_without_dvc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_tracking_uri({}) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking.resolve_artifact_location({}) == (tmp_path.resolve() / "mlruns").as_uri()
+
+
+def test_dvc_root_wins_over_the_cwd(tmp_path, monkeypatch):
+    # Queued and temp experiments run in .dvc/tmp/exps/...; their runs must land in the main repo's store.
+    work = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    env = {"DVC_ROOT": str(tmp_path)}
+    assert tracking.resolve_tracking_uri(env) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking.resolve_artifact_location(env) == (tmp_path.resolve() / "mlruns").as_uri()
+
+
+def test_mlflow_tracking_uri_overrides_everything(tmp_path):
+    env = {"DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": "http://127.0.0.1:5005"}
+    assert tracking.resolve_tracking_uri(env) == "http://127.0.0.1:5005"
+    assert tracking.resolve_artifact_location(env) is None  # the server proxies artifacts
+    other = {"DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": "sqlite:////elsewhere/x.db"}
+    assert tracking.resolve_tracking_uri(other) == "sqlite:////elsewhere/x.db"
+    assert tracking.resolve_artifact_location(other) == (tmp_path.resolve() / "mlruns").as_uri()
+
+
+def test_dvc_experiment_tags(tmp_path):
+    env = {"DVC_ROOT": str(tmp_path), "DVC_EXP_NAME": "fuzzy-cat", "DVC_EXP_BASELINE_REV": "abc123"}
+    tags = tracking.run_tags(env)
+    assert tags["dvc_exp_name"] == "fuzzy-cat" and tags["dvc_exp_baseline_rev"] == "abc123"
+    assert "git_commit" not in tags  # tmp_path is no git repo
+
+
+def test_library_imports_without_mlflow_or_dvc():
+    blocker = "import sys; sys.modules.update(mlflow=None, dvc=None)\n"
+    imports = "import seq2seq.data, seq2seq.model, seq2seq.train, seq2seq.checkpoint, seq2seq.params, seq2seq.tracking"
+    result = subprocess.run([sys.executable, "-c", blocker + imports], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    from mlflow.tracking import MlflowClient
+
+    env = {"DVC_ROOT": str(root)}
+    yield env, MlflowClient(tracking.resolve_tracking_uri(env))
+
+
+def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path):
+    env, client = store
+    with tracking.start_run(env={**env, "DVC_EXP_NAME": "exp-one"}) as run:
+        run.log_params({"model.hidden_dim": 64, "train.lr": 0.003})
+        run.log_metrics({"train_loss": 2.0, "val_loss": 2.5}, step=1)
+        run.log_metrics({"train_loss": 1.0, "val_loss": 1.5}, step=2)
+        artifact = tmp_path / "note.txt"
+        artifact.write_text("hello")
+        run.log_artifact(artifact, "notes")
+        run.write_reference(tmp_path / "run.json", env)
+    data = client.get_run(run.run_id)
+    assert data.info.status == "FINISHED" and data.info.run_name == "exp-one"
+    assert data.data.params == {"model.hidden_dim": "64", "train.lr": "0.003"}
+    assert data.data.tags["dvc_exp_name"] == "exp-one"
+    history = client.get_metric_history(run.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.5), (2, 1.5)]
+    assert data.info.artifact_uri.startswith((Path(env["DVC_ROOT"]).resolve() / "mlruns").as_uri())
+    assert [a.path for a in client.list_artifacts(run.run_id, "notes")] == ["notes/note.txt"]
+
+    with tracking.resume_run(tmp_path / "run.json", env) as again:
+        again.log_metrics({"test_exact_match": 0.5})
+    assert client.get_run(run.run_id).data.metrics["test_exact_match"] == 0.5
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_failed_or_interrupted_runs_are_never_left_running(store, error, status):
+    env, client = store
+    with pytest.raises(error), tracking.start_run(env=env) as run:
+        raise error("boom")
+    assert client.get_run(run.run_id).info.status == status

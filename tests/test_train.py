@@ -1,0 +1,98 @@
+"""The training loop: schedules, early stopping, one log call per epoch, and a refusal to save NaN weights."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from seq2seq.model import Seq2Seq
+from seq2seq.train import EarlyStopping, NonFiniteLossError, fit, learning_rate, teacher_forcing_ratio
+from tests.conftest import tiny_model_config, tiny_train_config
+
+
+def test_teacher_forcing_schedule_decays_linearly_then_holds():
+    cfg = tiny_train_config(tf_start=1.0, tf_end=0.5, tf_decay_epochs=4)
+    assert [teacher_forcing_ratio(cfg, e) for e in (1, 3, 5, 9)] == [1.0, 0.75, 0.5, 0.5]
+    assert teacher_forcing_ratio(tiny_train_config(tf_decay_epochs=0, tf_start=0.7, tf_end=0.2), 9) == 0.7
+
+
+def test_learning_rate_schedules():
+    cosine = tiny_train_config(lr=0.01, lr_schedule="cosine", lr_final_ratio=0.1, max_epochs=5)
+    lrs = [learning_rate(cosine, e) for e in range(1, 6)]
+    assert math.isclose(lrs[0], 0.01) and math.isclose(lrs[-1], 0.001) and math.isclose(lrs[2], 0.0055)
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert learning_rate(tiny_train_config(lr_schedule="constant", lr=0.02), 3) == 0.02
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    stopper = EarlyStopping(patience=2, min_delta=0.1)
+    assert stopper.update(1.0, 1)
+    assert not stopper.update(0.95, 2)  # better, but by less than min_delta
+    assert not stopper.should_stop
+    assert stopper.update(0.8, 3) and stopper.bad_epochs == 0
+    assert not stopper.update(0.9, 4) and not stopper.update(0.85, 5)
+    assert stopper.should_stop and stopper.best_epoch == 3
+
+
+def _model(seed: int = 0, **overrides) -> Seq2Seq:
+    torch.manual_seed(seed)
+    return Seq2Seq(tiny_model_config(**overrides), 12, 0, 1, 2)
+
+
+def test_fit_logs_each_epoch_saves_on_improvement_and_learns(tiny_dataset):
+    _, splits = tiny_dataset
+    logged, saved = [], []
+    cfg = tiny_train_config(max_epochs=4, patience=4)
+    result = fit(
+        _model(),
+        splits["train"],
+        splits["val"],
+        cfg,
+        torch.device("cpu"),
+        log=lambda epoch, row: logged.append((epoch, row)),
+        save_best=lambda model, epoch, row: saved.append(epoch),
+    )
+    assert [e for e, _ in logged] == [1, 2, 3, 4]
+    expected = {"train_loss", "val_loss", "val_token_acc", "val_exact_match", "grad_norm", "lr", "teacher_forcing"}
+    assert expected | {"tokens_per_s", "epoch_time_s"} == set(logged[0][1])
+    assert [row["teacher_forcing"] for _, row in logged] == [1.0, 0.75, 0.5, 0.5]
+    assert saved[-1] == result.best_epoch and saved == sorted(saved)
+    assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
+
+
+def test_fit_stops_early_after_patience(tiny_dataset):
+    _, splits = tiny_dataset
+    # A huge min_delta means no epoch after the first counts as an improvement.
+    cfg = tiny_train_config(max_epochs=10, patience=2, min_delta=1e9)
+    result = fit(_model(), splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None, lambda *a: None)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_fit_is_deterministic_on_the_cpu(tiny_dataset):
+    _, splits = tiny_dataset
+    cfg = tiny_train_config(max_epochs=2)
+    runs = []
+    for _ in range(2):
+        model = _model()
+        result = fit(model, splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None, lambda *a: None)
+        timing_free = [
+            {k: v for k, v in r.items() if k not in ("tokens_per_s", "epoch_time_s")} for r in result.history
+        ]
+        runs.append((timing_free, model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for key, value in runs[0][1].items():
+        assert torch.equal(value, runs[1][1][key]), key
+
+
+def test_non_finite_loss_stops_before_saving(tiny_dataset):
+    _, splits = tiny_dataset
+    model = _model()
+    with torch.no_grad():
+        model.decoder.out.bias.fill_(float("nan"))
+    saved = []
+    with pytest.raises(NonFiniteLossError, match="epoch 1: the training loss is nan"):
+        fit(model, splits["train"], splits["val"], tiny_train_config(), torch.device("cpu"), print, saved.append)
+    assert saved == []
