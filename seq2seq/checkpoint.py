@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,11 @@ def save_checkpoint(path: Path, model: Seq2Seq, vocab: Vocab, extra: dict[str, A
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    # Serialise in memory: torch.save names the zip records after the target file, and the temp file's random
+    # name would make the same weights give different bytes.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Vocab, dict[str, Any]]:

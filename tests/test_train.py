@@ -96,3 +96,17 @@ def test_non_finite_loss_stops_before_saving(tiny_dataset):
     with pytest.raises(NonFiniteLossError, match="epoch 1: the training loss is nan"):
         fit(model, splits["train"], splits["val"], tiny_train_config(), torch.device("cpu"), print, saved.append)
     assert saved == []
+
+
+def test_checkpoint_round_trip_is_byte_reproducible(tmp_path, tiny_dataset):
+    from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+
+    vocab, _ = tiny_dataset
+    model = Seq2Seq(tiny_model_config(), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+    for name in ("a.pt", "b.pt"):
+        save_checkpoint(tmp_path / name, model, vocab, {"epoch": 3})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    loaded, loaded_vocab, payload = load_checkpoint(tmp_path / "a.pt")
+    assert loaded_vocab == vocab and payload["epoch"] == 3 and loaded.cfg == model.cfg and not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
