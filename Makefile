@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup run test lint format ui lock clean
+.PHONY: help setup run test lint format ui promote lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -42,6 +42,9 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1:$(PORT)
 	@echo "Runs table: $$(seq2seq ui-url --port $(PORT))"
 	mlflow ui --backend-store-uri "$$(seq2seq tracking-uri)" --host 127.0.0.1 --port $(PORT)
+
+promote: $(STAMP)  ## register the last exported model; make it champion if it beats the current one
+	seq2seq promote --run-ref models/export/mlflow_run.json
 
 lock: $(STAMP)  ## rewrite requirements/constraints.txt from the current venv
 	{ echo "# Exact versions for every install (make setup uses this as pip constraints). Regenerate: make lock"; \

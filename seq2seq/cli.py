@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -60,3 +61,76 @@ def ui_url(port: int) -> None:
     from seq2seq.tracking import experiment_id
 
     click.echo(f"http://127.0.0.1:{port}/#/experiments/{experiment_id()}/runs")
+
+
+@main.command()
+@click.option(
+    "--run-ref",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The run reference the export stage wrote (make promote passes models/export/mlflow_run.json).",
+)
+def promote(run_ref: Path) -> None:
+    """Register the run's model as `seq2seq`; move the alias `champion` to it only if it beats the champion."""
+    from seq2seq import tracking
+    from seq2seq.promotion import KEY_METRIC, TIE_BREAKER, decide
+
+    run_id = json.loads(run_ref.read_text())["run_id"]
+    candidate = tracking.run_metrics(run_id)
+    current = tracking.champion()
+    champion_metrics = tracking.run_metrics(current[1]) if current else None
+    try:
+        decision = decide(candidate, champion_metrics)
+        version = tracking.register(run_id)
+    except (KeyError, LookupError) as err:
+        raise click.ClickException(str(err.args[0])) from None
+    click.echo(f"{'metric':<18} {'candidate':>12} {'champion':>12}")
+    for key in (KEY_METRIC, TIE_BREAKER):
+        old = f"{champion_metrics[key]:.6g}" if champion_metrics else "-"
+        click.echo(f"{key:<18} {candidate[key]:>12.6g} {old:>12}")
+    champion_label = f"version {current[0]} (run {current[1]})" if current else "none"
+    click.echo(f"candidate: version {version} (run {run_id}); champion: {champion_label}")
+    if current and current[0] == version:
+        click.echo("the candidate already is the champion")
+    elif decision.promote:
+        tracking.set_champion(version)
+        click.echo(f"promoted: {decision.reason}; {tracking.REGISTERED_MODEL}@{tracking.CHAMPION} -> version {version}")
+    else:
+        click.echo(f"not promoted: {decision.reason}; the champion stays {champion_label}")
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_ref",
+    default="models:/seq2seq@champion",
+    show_default=True,
+    help="An export folder (models/export) or an MLflow model URI.",
+)
+@click.argument("source", type=click.File("r"), default="-")
+def predict(model_ref: str, source) -> None:
+    """Predict one output per input line (SOURCE: a file, or stdin), tokens separated by spaces.
+
+    Each prediction goes to stdout on its own line (empty for a refused line); problems go to stderr as
+    `line N: ...`, and any refused line makes the exit code 1.
+    """
+    lines = [line.rstrip("\n") for line in source]
+    try:
+        if Path(model_ref).is_dir():
+            from seq2seq.serving import Predictor
+
+            predictor = Predictor(Path(model_ref))
+        else:
+            from seq2seq import tracking
+
+            predictor = tracking.load_predictor(model_ref)
+    except (OSError, LookupError, ValueError) as err:
+        raise click.ClickException(f"cannot load the model {model_ref}: {err}") from None
+    failed = 0
+    for number, result in enumerate(predictor.predict(lines), start=1):
+        click.echo(result.prediction or "")
+        if result.error:
+            failed += 1
+            click.echo(f"line {number}: {result.error}", err=True)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(lines)} lines could not be predicted")

@@ -8,7 +8,6 @@ significant digit first, separated by `+`, to their sum). A dataset folder holds
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,13 +17,11 @@ import pandas as pd
 import torch
 
 from seq2seq.config import ConfigError, require
+from seq2seq.vocab import SPECIALS, VOCAB_FILE, Vocab
 
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIALS = (PAD, BOS, EOS, UNK)
 PLUS = "+"
 SPLITS = ("train", "val", "test", "test_long")
 EVAL_SPLITS = ("val", "test", "test_long")
-VOCAB_FILE = "vocab.json"
 # Rejection sampling keeps evaluation sources out of train; past this many draws per wanted example the task's
 # space is too small for the requested sizes and we say so instead of looping.
 _MAX_DRAWS_PER_EXAMPLE = 50
@@ -57,43 +54,6 @@ class DataConfig:
         for name in ("n_train", "n_val", "n_test", "n_test_long"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-
-
-class Vocab:
-    """Token <-> id mapping; ids 0..3 are <pad>, <bos>, <eos>, <unk>."""
-
-    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
-
-    def __init__(self, tokens: list[str]) -> None:
-        if tuple(tokens[:4]) != SPECIALS or len(set(tokens)) != len(tokens):
-            raise ValueError(f"a vocabulary starts with {SPECIALS} and has no duplicates, got {tokens[:8]}...")
-        self.tokens = list(tokens)
-        self.index = {tok: i for i, tok in enumerate(tokens)}
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocab) and self.tokens == other.tokens
-
-    def encode(self, text: str) -> list[int]:
-        """Space-separated tokens -> ids; raises KeyError naming the first unknown token."""
-        ids = []
-        for tok in text.split():
-            if tok not in self.index or tok in SPECIALS:
-                raise KeyError(f"unknown token {tok!r}")
-            ids.append(self.index[tok])
-        return ids
-
-    def decode(self, ids: list[int]) -> str:
-        """Ids -> space-separated tokens, stopping at <eos> and dropping <pad>/<bos>."""
-        out = []
-        for i in ids:
-            if i == self.eos_id:
-                break
-            if i not in (self.pad_id, self.bos_id):
-                out.append(self.tokens[i])
-        return " ".join(out)
 
 
 def build_vocab(cfg: DataConfig) -> Vocab:
@@ -182,7 +142,7 @@ def write_dataset(out_dir: Path, frames: dict[str, pd.DataFrame], vocab: Vocab) 
     for split, frame in frames.items():
         # No index, pinned compression: the same frames give byte-identical files.
         frame.to_parquet(out_dir / f"{split}.parquet", index=False, compression="zstd", engine="pyarrow")
-    (out_dir / VOCAB_FILE).write_text(json.dumps({"tokens": vocab.tokens}, indent=1) + "\n")
+    vocab.save(out_dir / VOCAB_FILE)
 
 
 def read_split(data_dir: Path, split: str) -> pd.DataFrame:
@@ -193,7 +153,7 @@ def read_split(data_dir: Path, split: str) -> pd.DataFrame:
 
 
 def read_vocab(data_dir: Path) -> Vocab:
-    return Vocab(json.loads((Path(data_dir) / VOCAB_FILE).read_text())["tokens"])
+    return Vocab.load(Path(data_dir) / VOCAB_FILE)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import yaml
 
 from seq2seq.config import ConfigError, from_mapping, require
 from seq2seq.data import DataConfig
+from seq2seq.evaluation import EvaluateConfig
+from seq2seq.export import ExportConfig
 from seq2seq.model import ModelConfig
 from seq2seq.train import TrainConfig
 
@@ -24,13 +26,22 @@ class Params:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
 
-    def flat(self) -> dict[str, Any]:
-        """Dotted keys as in params.yaml (`model.hidden_dim`), for MLflow params."""
-        return {f"{section}.{k}": v for section in SECTIONS for k, v in asdict(getattr(self, section)).items()}
+    def flat(self, *sections: str) -> dict[str, Any]:
+        """Dotted keys as in params.yaml (`model.hidden_dim`), for MLflow params; all sections by default."""
+        names = sections or tuple(SECTIONS)
+        return {f"{name}.{k}": v for name in names for k, v in asdict(getattr(self, name)).items()}
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "export": ExportConfig,
+}
 
 
 def parse_params(raw: Any) -> Params:

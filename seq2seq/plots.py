@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot's import
 import matplotlib.pyplot as plt
@@ -26,6 +27,35 @@ def loss_curves(history: list[dict[str, float]], path: Path) -> None:
     lines = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax.set_title("Training curves")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def attention_heatmap(source: list[str], predicted: list[str], weights, path: Path) -> None:
+    """Attention weights (T, S) of one decoded example: rows are output tokens, columns source tokens."""
+    fig, ax = plt.subplots(figsize=(0.4 * len(source) + 2, 0.4 * len(predicted) + 1.5), dpi=100)
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(source)), source)
+    ax.set_yticks(range(len(predicted)), predicted)
+    ax.set_xlabel("source")
+    ax.set_ylabel("prediction")
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def exact_match_by_length(tables: dict[str, pd.DataFrame], path: Path) -> None:
+    """Exact match against source length, one line per split (tables: split -> DataFrame length, exact_match)."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for split, table in tables.items():
+        ax.plot(table["length"], table["exact_match"], marker="o", label=split)
+    ax.set_xlabel("source length")
+    ax.set_ylabel("exact match")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    ax.set_title("Exact match by source length")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -10,17 +10,26 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "seq2seq"
+REGISTERED_MODEL = "seq2seq"
+CHAMPION = "champion"
+STAGE_TAG = "stage"  # stage.<name> = done once a stage has logged to a run
+MODEL_URI_TAG = "model_uri"  # the pyfunc the export stage logged
 
 
 def project_root(env: Mapping[str, str] = os.environ) -> Path:
@@ -75,6 +84,8 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 def _client(env: Mapping[str, str]):
+    if not sys.stderr.isatty():  # artifact progress bars are noise in DVC's and CI's logs
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(env)
@@ -93,8 +104,8 @@ def _client(env: Mapping[str, str]):
 class Run:
     """One MLflow run of a pipeline execution; stages log through this, never through mlflow directly."""
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str) -> None:
-        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+    def __init__(self, client: Any, run_id: str, experiment_id: str, tracking_uri: str) -> None:
+        self.client, self.run_id, self.experiment_id, self.tracking_uri = client, run_id, experiment_id, tracking_uri
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -117,11 +128,43 @@ class Run:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def write_reference(self, path: Path, env: Mapping[str, str] = os.environ) -> None:
-        """The small file later stages read to append to this run."""
+    def write_reference(self, path: Path) -> None:
+        """The small file the next stage reads to append to this run."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        ref = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": resolve_tracking_uri(env)}
+        ref = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
         path.write_text(json.dumps(ref, indent=2) + "\n")
+
+    def log_table(self, frame: Any, artifact_file: str) -> None:
+        """A DataFrame as a table artifact the MLflow UI renders (the run's Artifacts tab, JSON table)."""
+        self.client.log_table(self.run_id, data=frame, artifact_file=artifact_file)
+
+    def log_pyfunc(self, export_dir: Path, example: list[str]) -> str:
+        """Log the export folder as a pyfunc model (DataFrame `source` -> `prediction`); returns its models:/ URI.
+
+        The model carries the `seq2seq` package as code and needs only onnxruntime, numpy and pandas to serve;
+        requirements are pinned from this environment instead of inferred (inference costs 5-10 s a log).
+        """
+        import mlflow
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        signature = ModelSignature(Schema([ColSpec("string", "source")]), Schema([ColSpec("string", "prediction")]))
+        requirements = [f"{p}=={version(p)}" for p in ("mlflow", "onnxruntime", "numpy", "pandas")]
+        mlflow.set_tracking_uri(self.tracking_uri)
+        # Cloudpickling the wrapper is what it warns about; the class is ours and the file is our own artifact.
+        logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=_pyfunc_class()(),
+                artifacts={"export": str(export_dir)},
+                code_paths=[str(Path(__file__).parent)],
+                signature=signature,
+                input_example=pd.DataFrame({"source": example}),
+                pip_requirements=requirements,
+            )
+        self.set_tags({MODEL_URI_TAG: info.model_uri})
+        return info.model_uri
 
 
 class _Terminated(KeyboardInterrupt):
@@ -150,25 +193,134 @@ def _lifecycle(client: Any, run_id: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def start_run(run_name: str | None = None, env: Mapping[str, str] = os.environ) -> Iterator[Run]:
+def start_run(stage: str, run_name: str | None = None, env: Mapping[str, str] = os.environ) -> Iterator[Run]:
     """A new run, closed as FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM)."""
     client, experiment_id = _client(env)
     name = run_name or env.get("DVC_EXP_NAME") or None
-    run = client.create_run(experiment_id, run_name=name, tags=run_tags(env))
-    with _lifecycle(client, run.info.run_id):
-        yield Run(client, run.info.run_id, experiment_id)
+    created = client.create_run(experiment_id, run_name=name, tags=run_tags(env))
+    run = Run(client, created.info.run_id, experiment_id, resolve_tracking_uri(env))
+    with _lifecycle(client, run.run_id):
+        yield run
+        run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
 
 
 @contextlib.contextmanager
-def resume_run(reference: Path, env: Mapping[str, str] = os.environ) -> Iterator[Run]:
-    """Reopen the run named in `reference` (written by the train stage) so a later stage appends to it."""
+def continue_run(
+    reference: Path, stage: str, inherit: tuple[str, ...], env: Mapping[str, str] = os.environ
+) -> Iterator[Run]:
+    """Append `stage` to the run named in `reference` (written by the stage before).
+
+    When that run already has this stage (only part of the pipeline reran: a changed evaluate param, or a train
+    stage that DVC restored from its run-cache), appending would overwrite the earlier results; a new run then
+    continues it instead: the params of the `inherit` sections, the tags and the latest metric values are
+    copied, and a `continues_run` tag points back.
+    """
     ref = json.loads(Path(reference).read_text())
-    client, _ = _client({**env, "MLFLOW_TRACKING_URI": ref["tracking_uri"]})
-    client.update_run(ref["run_id"], status="RUNNING")
-    with _lifecycle(client, ref["run_id"]):
-        yield Run(client, ref["run_id"], ref["experiment_id"])
+    client, experiment_id = _client({**env, "MLFLOW_TRACKING_URI": ref["tracking_uri"]})
+    previous = client.get_run(ref["run_id"])
+    if f"{STAGE_TAG}.{stage}" in previous.data.tags:
+        tags = {k: v for k, v in previous.data.tags.items() if not k.startswith((f"{STAGE_TAG}.", "mlflow."))}
+        tags.update(run_tags(env), continues_run=previous.info.run_id)
+        name = env.get("DVC_EXP_NAME") or previous.info.run_name
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        run = Run(client, run_id, experiment_id, ref["tracking_uri"])
+        run.log_params({k: v for k, v in previous.data.params.items() if k.split(".")[0] in inherit})
+        run.log_metrics(previous.data.metrics)
+    else:
+        client.update_run(previous.info.run_id, status="RUNNING")
+        run = Run(client, previous.info.run_id, experiment_id, ref["tracking_uri"])
+    with _lifecycle(client, run.run_id):
+        yield run
+        run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
 
 
 def experiment_id(env: Mapping[str, str] = os.environ) -> str:
     """The id of this project's MLflow experiment (created if the store has none yet)."""
     return _client(env)[1]
+
+
+def _pyfunc_class() -> type:
+    """The pyfunc wrapper class, made on first use so that importing this module does not import mlflow."""
+    cls = globals().get("_PYFUNC_CLASS")
+    if cls is not None:
+        return cls
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class Seq2SeqPyfunc(mlflow.pyfunc.PythonModel):
+        """DataFrame with a string column `source` (space-separated tokens) -> DataFrame `prediction`."""
+
+        def load_context(self, context: Any) -> None:
+            from seq2seq.serving import Predictor
+
+            self.predictor = Predictor(Path(context.artifacts["export"]))
+
+        # A DataFrame hint is one MLflow takes without deriving a schema from it (the signature is explicit).
+        def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+            if "source" not in getattr(model_input, "columns", []):
+                raise MlflowException("the input needs a string column 'source'", INVALID_PARAMETER_VALUE)
+            results = self.predictor.predict([str(s) for s in model_input["source"]])
+            errors = [f"row {i}: {r.error}" for i, r in enumerate(results) if r.error]
+            if errors:  # a 400 answer in `mlflow models serve`, naming every bad row
+                raise MlflowException("; ".join(errors), INVALID_PARAMETER_VALUE)
+            return pd.DataFrame({"prediction": [r.prediction for r in results]})
+
+    # Pickled by reference as seq2seq.tracking.Seq2SeqPyfunc; the module __getattr__ below resolves it on load.
+    Seq2SeqPyfunc.__module__, Seq2SeqPyfunc.__qualname__ = __name__, "Seq2SeqPyfunc"
+    globals()["_PYFUNC_CLASS"] = Seq2SeqPyfunc
+    return Seq2SeqPyfunc
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Seq2SeqPyfunc":
+        return _pyfunc_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_predictor(model_uri: str, env: Mapping[str, str] = os.environ) -> Any:
+    """The Predictor inside a logged or registered pyfunc (`models:/seq2seq@champion`, `runs:/...`)."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(env))
+    try:
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
+    except MlflowException as err:  # no such model or alias: a message for the user, not a traceback
+        raise LookupError(err.message) from None
+
+
+def run_metrics(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, float]:
+    client, _ = _client(env)
+    return dict(client.get_run(run_id).data.metrics)
+
+
+def champion(env: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """(version, run id) of the model version holding the champion alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    client, _ = _client(env)
+    try:
+        mv = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    except MlflowException:  # no registered model, or no alias yet
+        return None
+    return mv.version, mv.run_id
+
+
+def register(run_id: str, env: Mapping[str, str] = os.environ) -> str:
+    """Register the run's pyfunc under REGISTERED_MODEL (once: a second call returns the same version)."""
+    import mlflow
+
+    client, _ = _client(env)
+    model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise LookupError(f"run {run_id} has no logged model; run the export stage first")
+    for existing in client.search_model_versions(f"name = '{REGISTERED_MODEL}' and run_id = '{run_id}'"):
+        return existing.version
+    mlflow.set_tracking_uri(resolve_tracking_uri(env))
+    return mlflow.register_model(model_uri, REGISTERED_MODEL).version
+
+
+def set_champion(version: str, env: Mapping[str, str] = os.environ) -> None:
+    client, _ = _client(env)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)

@@ -52,9 +52,9 @@ def main(
     torch.manual_seed(params.train.seed)  # the weight init is part of the seeded run
     model = Seq2Seq(params.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id).to(device)
 
-    with tracking.start_run() as run:
+    with tracking.start_run("train") as run:
         run.write_reference(run_ref_path)
-        run.log_params(params.flat())
+        run.log_params(params.flat("data", "model", "train"))
         run.set_tags({"data_digest": dataset_digest(data_dir), "device": str(device)})
         run.log_artifact(params_path)
 

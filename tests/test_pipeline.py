@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,14 +29,20 @@ TINY = {
     },
     "model": {"emb_dim": 16, "hidden_dim": 32, "num_layers": 1, "dropout": 0.0},
     "train": {"max_epochs": 3, "batch_size": 32, "tf_start": 1.0, "tf_end": 0.8, "tf_decay_epochs": 2},
+    "evaluate": {"batch_size": 64, "beam_size": 1, "max_extra_len": 3, "n_samples": 5, "n_attention_plots": 2},
+    "export": {"max_src_len": 8, "max_tgt_len": 9},
 }
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
+def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(CI="true", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    env.update(CI="true", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", **extra)
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, expect: int = 0, stdin: str | None = None, **env: str) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=_env(**env), input=stdin, capture_output=True, text=True, check=False)
+    assert result.returncode == expect, f"{cmd} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
 
@@ -81,27 +91,147 @@ def test_outputs_are_written(repo):
     assert history[0].startswith("epoch,train_loss,val_loss") and len(history) == 1 + train_metrics["epochs_run"]
     model, vocab, payload = load_checkpoint(repo / "models" / "model.pt")
     assert model.cfg.hidden_dim == 32 and len(vocab) == 12 and payload["epoch"] == train_metrics["best_epoch"]
+    evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
+    for split in ("test", "test_long"):
+        assert {"loss", "perplexity", "token_acc", "exact_match", "bleu"} == set(evaluation[split])
+        by_length = (repo / "plots" / "eval_by_length" / f"{split}.csv").read_text().splitlines()
+        assert by_length[0] == "length,examples,exact_match" and len(by_length) > 1
+    export = {p.name for p in (repo / "models" / "export").iterdir()}
+    assert export == {"program.pt2", "model.onnx", "vocab.json", "export.json", "MODEL_CARD.md", "mlflow_run.json"}
+    assert "## How to load" in (repo / "models" / "export" / "MODEL_CARD.md").read_text()
 
 
 def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
     ref = json.loads((repo / "models" / "mlflow_run.json").read_text())
     run = client.get_run(ref["run_id"])
     assert run.info.status == "FINISHED"
+    # One run holds every stage: the params of all sections, train's curves, evaluate's and export's results.
     assert run.data.params == {k: str(v) for k, v in load_params(repo / "params.yaml").flat().items()}
+    assert {f"stage.{s}" for s in ("train", "evaluate", "export")} <= set(run.data.tags)
+    assert {"test_exact_match", "test_long_exact_match", "test_bleu", "test_perplexity"} <= set(run.data.metrics)
     epochs = json.loads((repo / "metrics" / "train.json").read_text())["epochs_run"]
     for key in ("train_loss", "val_loss", "val_exact_match", "grad_norm", "lr", "teacher_forcing", "tokens_per_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1)), key
     head = _run(["git", "rev-parse", "HEAD"], repo).strip()
     assert run.data.tags["git_commit"] == head and len(run.data.tags["data_digest"]) == 64
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"params.yaml", "plots"} <= artifacts
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/loss_curves.png"]
+    assert {"params.yaml", "plots", "attention", "predictions"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss_curves.png", "plots/exact_match_by_length.png"}
+    assert len(client.list_artifacts(run.info.run_id, "attention")) == 2
     assert run.info.artifact_uri.startswith((repo / "mlruns").as_uri())
+    assert run.data.tags["model_uri"].startswith("models:/m-")
+
+
+def test_exported_forms_predict_what_the_eager_model_does(repo):
+    import torch
+
+    from seq2seq.data import encode_split, read_split
+    from seq2seq.serving import Predictor
+
+    model, vocab, _ = load_checkpoint(repo / "models" / "model.pt")
+    frame = read_split(repo / "data", "test")
+    data = encode_split(frame, vocab)
+    src, src_len, _ = data.batch(torch.arange(len(data)))
+    eager, _ = model.generate(src, src_len, max_len=9)
+    expected = [vocab.decode(row) for row in eager.tolist()]
+    onnx = [r.prediction for r in Predictor(repo / "models" / "export").predict(list(frame["src"]))]
+    assert onnx == expected
+    program = torch.export.load(repo / "models" / "export" / "program.pt2").module()
+    padded = torch.nn.functional.pad(src, (0, 8 - src.shape[1]), value=vocab.pad_id)
+    assert [vocab.decode(row) for row in program(padded, src_len).tolist()] == expected
+
+
+def test_promote_predict_and_the_pyfunc_in_a_fresh_process(repo, tmp_path):
+    out = _run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
+    assert "promoted: there is no champion yet" in out and "test_exact_match" in out
+    assert "already is the champion" in _run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
+
+    sources = "1 2 3\n4 5 6 7\n"
+    expected = _run(["seq2seq", "predict", "--model", "models/export"], repo, stdin=sources)
+    assert _run(["seq2seq", "predict"], repo, stdin=sources) == expected  # the champion, through MLflow
+    assert len(expected.splitlines()) == 2
+
+    errors = _run(
+        ["seq2seq", "predict", "--model", "models/export"], repo, expect=1, stdin="1 2\n1 x\n1 2 3 4 5 6 7 1 2\n"
+    )
+    assert "line 2: unknown token 'x'" in errors and "line 3: 9 tokens, the model takes at most 8" in errors
+    assert "Traceback" not in errors
+
+    # A fresh process elsewhere, with nothing of the repo but the store: the model brings its own code.
+    script = (
+        "import mlflow, pandas as pd, seq2seq\n"
+        "model = mlflow.pyfunc.load_model('models:/seq2seq@champion')\n"
+        "print(seq2seq.__file__)\n"
+        "print('|'.join(model.predict(pd.DataFrame({'source': ['1 2 3', '4 5 6 7']}))['prediction']))\n"
+    )
+    out = _run([sys.executable, "-c", script], tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db")
+    module_file, predictions = out.strip().splitlines()[-2:]
+    assert not module_file.startswith((str(repo), str(ROOT))), module_file
+    assert predictions.split("|") == expected.splitlines()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
+    port = _free_port()
+    cmd = ["mlflow", "models", "serve", "-m", "models:/seq2seq@champion", "--env-manager", "local"]
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=repo, env=_env(MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db"), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer /ping within 120 s"
+                time.sleep(1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["1 2 3"], ["4 5 6 7"]]}})
+        assert status == 200, body
+        local = _run(["seq2seq", "predict", "--model", "models/export"], repo, stdin="1 2 3\n4 5 6 7\n")
+        assert [row["prediction"] for row in json.loads(body)["predictions"]] == local.splitlines()
+        status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["1 x"]]}})
+        assert status == 400 and "unknown token 'x'" in body
+        status, body = _post(url, {"not_a_format": []})
+        assert 400 <= status < 500 and body
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_repro_reruns_exactly_what_changed(repo, client):
     runs_before = len(client.search_runs([ref_experiment(repo)]))
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
+
+    first_run = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    first_metrics = client.get_run(first_run).data.metrics
+    _set_params(repo, evaluate={"beam_size": 2})
+    out = _run(["dvc", "repro"], repo)
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
+    # Re-evaluating a trained model opens a new run that continues the training run, which keeps its results.
+    follow_up = client.get_run(json.loads((repo / "models" / "eval_run.json").read_text())["run_id"])
+    assert follow_up.data.tags["continues_run"] == first_run and follow_up.data.params["evaluate.beam_size"] == "2"
+    assert client.get_run(first_run).data.metrics == first_metrics
 
     _set_params(repo, train={"lr": 0.005})
     out = _run(["dvc", "repro"], repo)
@@ -110,7 +240,7 @@ def test_repro_reruns_exactly_what_changed(repo, client):
     _set_params(repo, data={"max_len": 6})
     out = _run(["dvc", "repro"], repo)
     assert "Running stage 'generate'" in out and "Running stage 'train'" in out
-    assert len(client.search_runs([ref_experiment(repo)])) == runs_before + 2
+    assert len(client.search_runs([ref_experiment(repo)])) == runs_before + 3
 
 
 def ref_experiment(repo: Path) -> str:

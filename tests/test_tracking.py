@@ -61,14 +61,14 @@ def store(tmp_path_factory):
 
 def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path):
     env, client = store
-    with tracking.start_run(env={**env, "DVC_EXP_NAME": "exp-one"}) as run:
+    with tracking.start_run("train", env={**env, "DVC_EXP_NAME": "exp-one"}) as run:
         run.log_params({"model.hidden_dim": 64, "train.lr": 0.003})
         run.log_metrics({"train_loss": 2.0, "val_loss": 2.5}, step=1)
         run.log_metrics({"train_loss": 1.0, "val_loss": 1.5}, step=2)
         artifact = tmp_path / "note.txt"
         artifact.write_text("hello")
         run.log_artifact(artifact, "notes")
-        run.write_reference(tmp_path / "run.json", env)
+        run.write_reference(tmp_path / "run.json")
     data = client.get_run(run.run_id)
     assert data.info.status == "FINISHED" and data.info.run_name == "exp-one"
     assert data.data.params == {"model.hidden_dim": "64", "train.lr": "0.003"}
@@ -78,15 +78,25 @@ def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path):
     assert data.info.artifact_uri.startswith((Path(env["DVC_ROOT"]).resolve() / "mlruns").as_uri())
     assert [a.path for a in client.list_artifacts(run.run_id, "notes")] == ["notes/note.txt"]
 
-    with tracking.resume_run(tmp_path / "run.json", env) as again:
+    with tracking.continue_run(tmp_path / "run.json", "evaluate", ("model", "train"), env) as again:
         again.log_metrics({"test_exact_match": 0.5})
+    assert again.run_id == run.run_id  # the first evaluation appends to the training run
     assert client.get_run(run.run_id).data.metrics["test_exact_match"] == 0.5
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+    # Evaluating the same training run again must not overwrite its results: a new run continues it.
+    with tracking.continue_run(tmp_path / "run.json", "evaluate", ("model", "train"), env) as third:
+        third.log_metrics({"test_exact_match": 0.75})
+    assert third.run_id != run.run_id
+    assert client.get_run(run.run_id).data.metrics["test_exact_match"] == 0.5
+    follow_up = client.get_run(third.run_id)
+    assert follow_up.data.tags["continues_run"] == run.run_id and follow_up.data.params == data.data.params
+    assert follow_up.info.run_name == "exp-one" and follow_up.info.status == "FINISHED"
 
 
 @pytest.mark.parametrize(("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")])
 def test_failed_or_interrupted_runs_are_never_left_running(store, error, status):
     env, client = store
-    with pytest.raises(error), tracking.start_run(env=env) as run:
+    with pytest.raises(error), tracking.start_run("train", env=env) as run:
         raise error("boom")
     assert client.get_run(run.run_id).info.status == status

@@ -1,0 +1,179 @@
+"""Export a trained model as a self-contained folder: greedy decoding as a torch.export program and as ONNX,
+plus the vocabulary, the decoding limits and a model card.
+
+Exported graphs need static control flow, so the exported decoder pads every source to `max_src_len`, runs the
+encoder as an unrolled, length-masked LSTM (instead of packing, which does not export) and always runs
+`max_tgt_len` decoder steps, emitting <pad> after <eos>. Its predictions equal `Seq2Seq.generate`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seq2seq.config import require
+from seq2seq.model import Seq2Seq
+from seq2seq.serving import CARD_FILE, CONFIG_FILE, ONNX_FILE, PROGRAM_FILE
+from seq2seq.vocab import VOCAB_FILE, Vocab
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The `export` section of params.yaml."""
+
+    max_src_len: int  # longer inputs are refused with a clear error
+    max_tgt_len: int  # decoder steps, <eos> included
+
+    def __post_init__(self) -> None:
+        require(self.max_src_len >= 1, "max_src_len", f"must be >= 1, got {self.max_src_len}")
+        require(self.max_tgt_len >= 1, "max_tgt_len", f"must be >= 1, got {self.max_tgt_len}")
+
+
+class StaticGreedy(nn.Module):
+    """Greedy decoding with static shapes: src (B, max_src_len), src_len (B,) -> tokens (B, max_tgt_len)."""
+
+    def __init__(self, model: Seq2Seq, max_src_len: int, max_tgt_len: int) -> None:
+        super().__init__()
+        self.model, self.max_src_len, self.max_tgt_len = model, max_src_len, max_tgt_len
+
+    def _encode(self, src: torch.Tensor, src_len: torch.Tensor):
+        lstm = self.model.encoder.lstm
+        x = self.model.encoder.embedding(src)  # (B, S, E)
+        zeros = x.new_zeros(src.shape[0], lstm.hidden_size)  # (B, H)
+        final_h, final_c = [], []
+        for layer in range(lstm.num_layers):
+            w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+            bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+            gates_x = x @ w_ih.T + bias  # (B, S, 4H): the input half of every step at once
+            h, c, outputs = zeros, zeros, []
+            for t in range(self.max_src_len):
+                i, f, g, o = (gates_x[:, t] + h @ w_hh.T).chunk(4, dim=-1)  # (B, H) each, nn.LSTM's gate order
+                c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_next = torch.sigmoid(o) * torch.tanh(c_next)
+                valid = (src_len > t).unsqueeze(1)  # (B, 1): past its length a sequence keeps its final state
+                h, c = torch.where(valid, h_next, h), torch.where(valid, c_next, c)
+                outputs.append(h_next)  # outputs past the length are masked out of the attention
+            x = torch.stack(outputs, dim=1)  # (B, S, H)
+            final_h.append(h)
+            final_c.append(c)
+        return x, final_h, final_c
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        enc_out, h, c = self._encode(src, src_len)  # (B, S, H), L x (B, H)
+        mask = torch.arange(self.max_src_len, device=src.device).unsqueeze(0) < src_len.unsqueeze(1)  # (B, S)
+        keys = model.decoder.attention.key_proj(enc_out)  # (B, S, H)
+        token = torch.full_like(src_len, model.bos_id)  # (B,)
+        finished = torch.zeros_like(src_len, dtype=torch.bool)
+        tokens = []
+        for _ in range(self.max_tgt_len):
+            out, context, h, c, _ = model.decoder.step(model.decoder.embedding(token), h, c, keys, enc_out, mask)
+            token = model.decoder.project(out, context).argmax(-1)  # (B,)
+            token = torch.where(finished, torch.full_like(token, model.pad_id), token)
+            tokens.append(token)
+            finished = finished | (token == model.eos_id)
+        return torch.stack(tokens, dim=1)  # (B, T)
+
+
+def example_inputs(vocab: Vocab, cfg: ExportConfig, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs to trace with: batch > 1, or the exporters would specialise the batch dimension to 1."""
+    src = torch.full((batch, cfg.max_src_len), vocab.pad_id, dtype=torch.long)
+    src[:, :1] = len(vocab) - 1
+    return src, torch.ones(batch, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def _quiet_exporters():
+    """torch's exporters warn about their own internals (pytree deprecations, optional torchvision ops);
+    none of it is actionable for a user of this project."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*axis name.*", category=UserWarning)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def _wrap(model: Seq2Seq, cfg: ExportConfig) -> tuple[StaticGreedy, tuple[dict, dict]]:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    return StaticGreedy(model.cpu().eval(), cfg.max_src_len, cfg.max_tgt_len).eval(), ({0: batch}, {0: batch})
+
+
+def export_program(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, path: Path) -> None:
+    wrapper, dynamic = _wrap(model, cfg)
+    with _quiet_exporters():
+        program = torch.export.export(wrapper, example_inputs(vocab, cfg), dynamic_shapes=dynamic)
+        torch.export.save(program, path)
+
+
+def export_onnx(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, path: Path) -> None:
+    wrapper, dynamic = _wrap(model, cfg)
+    with _quiet_exporters(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        program = torch.onnx.export(
+            wrapper,
+            example_inputs(vocab, cfg),
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            input_names=["src", "src_len"],
+            output_names=["tokens"],
+            verbose=False,
+        )
+        program.save(str(path))
+
+
+def write_export(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path, card: str) -> None:
+    """Fill `out_dir` with everything needed to serve the model without this repo (or torch, for ONNX)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_program(model, vocab, cfg, out_dir / PROGRAM_FILE)
+    export_onnx(model, vocab, cfg, out_dir / ONNX_FILE)
+    vocab.save(out_dir / VOCAB_FILE)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    (out_dir / CARD_FILE).write_text(card)
+
+
+def model_card(params_flat: dict, train_metrics: dict, eval_metrics: dict, cfg: ExportConfig) -> str:
+    """A markdown model card: task, params, metrics, and how to load the export."""
+
+    def table(rows: dict) -> str:
+        return "\n".join(["| key | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
+
+    metrics = {**{f"train/{k}": v for k, v in train_metrics.items()}, **eval_metrics}
+    return f"""# Seq2Seq LSTM with additive attention: {params_flat.get("data.task", "?")} task
+
+Encoder-decoder LSTM with Bahdanau attention, trained on the synthetic `{params_flat.get("data.task", "?")}` task.
+Input: source tokens separated by spaces (at most {cfg.max_src_len}); output: the greedy decoding (at most
+{cfg.max_tgt_len} tokens, `<eos>` included).
+
+## Files
+- `{PROGRAM_FILE}`: greedy decoding as a `torch.export` program, inputs `src` (B, {cfg.max_src_len}) int64 padded
+  with id 0 and `src_len` (B,) int64; output token ids (B, {cfg.max_tgt_len}), `<pad>` after `<eos>`.
+- `{ONNX_FILE}`: the same graph in ONNX, for onnxruntime.
+- `{VOCAB_FILE}`: the vocabulary (ids 0-3: `<pad>`, `<bos>`, `<eos>`, `<unk>`); `{CONFIG_FILE}`: the limits.
+
+## How to load
+```python
+from seq2seq.serving import Predictor
+Predictor("path/to/export").predict(["3 1 4 1 5"])    # onnxruntime, no torch needed
+import torch; program = torch.export.load("path/to/export/{PROGRAM_FILE}").module()
+```
+
+## Metrics
+{table(metrics)}
+
+## Params
+{table(params_flat)}
+"""

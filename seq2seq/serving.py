@@ -1,0 +1,73 @@
+"""String in, string out: predictions from an export folder through onnxruntime (no torch, no mlflow).
+
+Each input line is checked on its own; a bad line (empty, an unknown token, too long) gets an error naming the
+problem instead of a prediction, and never stops the other lines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seq2seq.vocab import VOCAB_FILE, Vocab
+
+# The export folder's layout (seq2seq/export.py writes it).
+PROGRAM_FILE = "program.pt2"
+ONNX_FILE = "model.onnx"
+CONFIG_FILE = "export.json"
+CARD_FILE = "MODEL_CARD.md"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    source: str
+    prediction: str | None  # None when the line was refused
+    error: str | None = None
+
+
+class Predictor:
+    def __init__(self, export_dir: Path) -> None:
+        import onnxruntime
+
+        export_dir = Path(export_dir)
+        if not (export_dir / ONNX_FILE).is_file():
+            raise FileNotFoundError(f"{export_dir} is not an export folder (no {ONNX_FILE}); run the export stage")
+        self.config = json.loads((export_dir / CONFIG_FILE).read_text())
+        self.vocab = Vocab.load(export_dir / VOCAB_FILE)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
+        self.session = onnxruntime.InferenceSession(str(export_dir / ONNX_FILE), options)
+
+    def encode(self, line: str) -> list[int]:
+        """Ids of one source line; ValueError naming the problem."""
+        try:
+            ids = self.vocab.encode(line)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        if not ids:
+            raise ValueError("empty input")
+        if len(ids) > self.config["max_src_len"]:
+            raise ValueError(f"{len(ids)} tokens, the model takes at most {self.config['max_src_len']}")
+        return ids
+
+    def predict(self, lines: list[str]) -> list[Prediction]:
+        results: list[Prediction | None] = [None] * len(lines)
+        rows, positions = [], []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(self.encode(line))
+                positions.append(i)
+            except ValueError as err:
+                results[i] = Prediction(line, None, str(err))
+        if rows:
+            src = np.full((len(rows), self.config["max_src_len"]), self.vocab.pad_id, dtype=np.int64)
+            for r, ids in enumerate(rows):
+                src[r, : len(ids)] = ids
+            src_len = np.array([len(ids) for ids in rows], dtype=np.int64)
+            (out,) = self.session.run(None, {"src": src, "src_len": src_len})  # (B, max_tgt_len)
+            for i, ids in zip(positions, out.tolist(), strict=True):
+                results[i] = Prediction(lines[i], self.vocab.decode(ids))
+        return results  # type: ignore[return-value]

@@ -1,0 +1,71 @@
+"""Evaluate stage: the checkpoint (config + vocabulary inside) + data/ -> test and test_long metrics, exact
+match by source length (a DVC plot per split), and in the pipeline's MLflow run: those metrics, attention
+heatmaps, a table of decoded samples and the per-length plot. Writes the run reference the export stage reads."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from seq2seq import tracking
+from seq2seq.checkpoint import load_checkpoint
+from seq2seq.cli import load_params_or_exit, params_option
+from seq2seq.data import encode_split, read_split
+from seq2seq.evaluation import attention_samples, evaluate
+from seq2seq.files import atomic_dir, write_json
+from seq2seq.plots import attention_heatmap, exact_match_by_length
+from seq2seq.train import resolve_device
+
+SPLITS = ("test", "test_long")
+
+
+@click.command()
+@params_option
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--run-ref", "run_ref", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--out-run-ref", "out_run_ref", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--by-length", "by_length_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+def main(
+    params_path: Path,
+    data_dir: Path,
+    checkpoint_path: Path,
+    run_ref: Path,
+    out_run_ref: Path,
+    metrics_path: Path,
+    by_length_dir: Path,
+) -> None:
+    params = load_params_or_exit(params_path)
+    cfg = params.evaluate
+    device = resolve_device("auto")
+    model, vocab, _ = load_checkpoint(checkpoint_path, device)
+    encoded = {split: encode_split(read_split(data_dir, split), vocab) for split in SPLITS}
+    results = {split: evaluate(model, encoded[split], vocab, cfg, device) for split in SPLITS}
+
+    write_json(metrics_path, {split: result.metrics for split, result in results.items()})
+    tables = {split: result.by_length for split, result in results.items()}
+    atomic_dir(
+        by_length_dir,
+        lambda tmp: [table.to_csv(tmp / f"{split}.csv", index=False) for split, table in tables.items()],
+    )
+    with tracking.continue_run(run_ref, "evaluate", inherit=("data", "model", "train")) as run:
+        run.log_params(params.flat("evaluate"))
+        run.log_metrics({f"{split}_{k}": v for split, r in results.items() for k, v in r.metrics.items()})
+        run.log_table(results["test"].predictions.head(cfg.n_samples), "predictions/test_samples.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            exact_match_by_length(tables, Path(tmp) / "exact_match_by_length.png")
+            run.log_artifact(Path(tmp) / "exact_match_by_length.png", "plots")
+            samples = attention_samples(model, encoded["test"], vocab, cfg.n_attention_plots, cfg.max_extra_len, device)
+            for i, (source, predicted, weights) in enumerate(samples):
+                attention_heatmap(source, predicted, weights, Path(tmp) / f"attention_{i}.png")
+                run.log_artifact(Path(tmp) / f"attention_{i}.png", "attention")
+        run.write_reference(out_run_ref)
+    summary = "  ".join(f"{s} exact match {r.metrics['exact_match']:.4f}" for s, r in results.items())
+    click.echo(f"{summary}; run {run.run_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Export stage: the checkpoint -> a self-contained folder (greedy decoding as a torch.export program and as
+ONNX, the vocabulary, the limits, a model card, the MLflow run reference), logged to the pipeline's MLflow run as
+a pyfunc model (DataFrame `source` -> `prediction`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from seq2seq import tracking
+from seq2seq.checkpoint import load_checkpoint
+from seq2seq.cli import load_params_or_exit, params_option
+from seq2seq.export import model_card, write_export
+from seq2seq.files import atomic_dir
+
+RUN_REF_FILE = "mlflow_run.json"
+
+
+@click.command()
+@params_option
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--run-ref", "run_ref", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--train-metrics", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--eval-metrics", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+def main(
+    params_path: Path, checkpoint_path: Path, run_ref: Path, train_metrics: Path, eval_metrics: Path, out_dir: Path
+) -> None:
+    params = load_params_or_exit(params_path)
+    model, vocab, _ = load_checkpoint(checkpoint_path, "cpu")
+    evaluation = json.loads(eval_metrics.read_text())
+    flat_eval = {f"{split}_{k}": v for split, values in evaluation.items() for k, v in values.items()}
+    card = model_card(params.flat(), json.loads(train_metrics.read_text()), flat_eval, params.export)
+    example = [" ".join(vocab.tokens[4:9]), " ".join(vocab.tokens[5:7])]  # any in-vocabulary sources will do
+
+    with tracking.continue_run(run_ref, "export", inherit=("data", "model", "train", "evaluate")) as run:
+        run.log_params(params.flat("export"))
+
+        def fill(tmp: Path) -> None:
+            write_export(model, vocab, params.export, tmp, card)
+            run.write_reference(tmp / RUN_REF_FILE)
+            run.log_pyfunc(tmp, example)
+
+        atomic_dir(out_dir, fill)
+    click.echo(f"exported to {out_dir}; pyfunc logged to run {run.run_id}")
+
+
+if __name__ == "__main__":
+    main()
