@@ -58,9 +58,9 @@ def tracking_uri() -> None:
 @click.option("--port", type=int, default=5000, show_default=True, help="The port `make ui` serves on.")
 def ui_url(port: int) -> None:
     """Print the MLflow UI address of this project's runs table (the classic training view)."""
-    from seq2seq.tracking import experiment_id
+    from seq2seq.tracking import experiment_id_of
 
-    click.echo(f"http://127.0.0.1:{port}/#/experiments/{experiment_id()}/runs")
+    click.echo(f"http://127.0.0.1:{port}/#/experiments/{experiment_id_of()}/runs")
 
 
 @main.command()
@@ -134,3 +134,66 @@ def predict(model_ref: str, source) -> None:
             click.echo(f"line {number}: {result.error}", err=True)
     if failed:
         raise click.ClickException(f"{failed} of {len(lines)} lines could not be predicted")
+
+
+@main.command()
+@click.option("--run-ref-file", default="metrics/mlflow_run.json", show_default=True, help="As in dvc.yaml.")
+def link(run_ref_file: str) -> None:
+    """Tag MLflow runs with the commit of their DVC experiment (known only once `dvc exp run` has finished)."""
+    import subprocess
+
+    from seq2seq import tracking
+    from seq2seq.compare import exp_links
+
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
+    if shown.returncode != 0:
+        raise click.ClickException(f"dvc exp show failed: {shown.stderr.strip()}")
+    links = exp_links(json.loads(shown.stdout), run_ref_file)
+    click.echo(f"tagged {tracking.link_experiments(links)} runs of {len(links)} experiments")
+
+
+@main.command()
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
+@click.option("--sort-by", default="test_exact_match", show_default=True)
+@click.option("--ascending", is_flag=True, help="Sort ascending (default: best first for scores).")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write a report.")
+@click.option("--metric", default="test_exact_match", show_default=True, help="The report's metric-vs-param plot.")
+@click.option("--param", default=None, help="The report's x axis (default: the first param that differs).")
+def compare(
+    tags: tuple[str, ...], sort_by: str, ascending: bool, fmt: str, html_path: Path | None, metric: str, param: str
+) -> None:
+    """Compare the runs in the MLflow store: the params that differ and the key metrics, one row per run.
+
+    Filter by experiment with MLFLOW_EXPERIMENT_NAME, by tags with --tag (e.g. --tag dvc_exp_baseline_rev=abc).
+    """
+    from seq2seq import tracking
+    from seq2seq.compare import KEY_METRICS, curves_png, html_report, render, scatter_png, variant_table
+    from seq2seq.files import atomic_write
+
+    bad = [t for t in tags if "=" not in t]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--tag")
+    runs = tracking.search_runs(dict(t.split("=", 1) for t in tags))
+    if runs.empty:
+        raise click.ClickException(f"no finished runs in {tracking.resolve_tracking_uri()} match")
+    try:
+        table = variant_table(runs, sort_by, ascending)
+    except KeyError as err:
+        raise click.BadParameter(str(err.args[0]), param_hint="--sort-by") from None
+    click.echo(render(table, fmt))
+    if html_path is None:
+        return
+    params = [c for c in table.columns if c not in ("run", "run_id", *KEY_METRICS)]
+    param = param or (params[0] if params else None)
+    if param is not None and param not in table:
+        raise click.BadParameter(f"{param!r} is not a param that differs: {', '.join(params) or 'none'}")
+    histories = tracking.metric_histories(list(table["run_id"]), "val_loss")
+    curves = curves_png(
+        {name: histories[rid] for name, rid in zip(table["run"], table["run_id"], strict=True)}, "val_loss"
+    )
+    scatter = scatter_png(table, metric, param) if param and metric in table else None
+    notes = [f"store: {tracking.resolve_tracking_uri()}", f"{len(table)} runs, sorted by {sort_by}"]
+    page = html_report(table, curves, scatter, "Seq2Seq variants", notes)
+    atomic_write(html_path, lambda tmp: tmp.write_text(page))
+    click.echo(f"report: {html_path}", err=True)

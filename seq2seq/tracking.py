@@ -131,8 +131,23 @@ class Run:
     def write_reference(self, path: Path) -> None:
         """The small file the next stage reads to append to this run."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        ref = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
+        ref = {"run_id": self.run_id, "experiment_id": self.experiment_id}
         path.write_text(json.dumps(ref, indent=2) + "\n")
+
+    @contextlib.contextmanager
+    def system_metrics(self, enabled: bool) -> Iterator[None]:
+        """CPU, memory (and GPU, where present) usage sampled into the run while the block runs."""
+        if not enabled:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, tracking_uri=self.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def log_table(self, frame: Any, artifact_file: str) -> None:
         """A DataFrame as a table artifact the MLflow UI renders (the run's Artifacts tab, JSON table)."""
@@ -216,25 +231,37 @@ def continue_run(
     copied, and a `continues_run` tag points back.
     """
     ref = json.loads(Path(reference).read_text())
-    client, experiment_id = _client({**env, "MLFLOW_TRACKING_URI": ref["tracking_uri"]})
+    client, experiment_id = _client(env)
+    uri = resolve_tracking_uri(env)
     previous = client.get_run(ref["run_id"])
     if f"{STAGE_TAG}.{stage}" in previous.data.tags:
         tags = {k: v for k, v in previous.data.tags.items() if not k.startswith((f"{STAGE_TAG}.", "mlflow."))}
         tags.update(run_tags(env), continues_run=previous.info.run_id)
         name = env.get("DVC_EXP_NAME") or previous.info.run_name
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        run = Run(client, run_id, experiment_id, ref["tracking_uri"])
+        run = Run(client, run_id, experiment_id, uri)
         run.log_params({k: v for k, v in previous.data.params.items() if k.split(".")[0] in inherit})
         run.log_metrics(previous.data.metrics)
     else:
         client.update_run(previous.info.run_id, status="RUNNING")
-        run = Run(client, previous.info.run_id, experiment_id, ref["tracking_uri"])
+        run = Run(client, previous.info.run_id, experiment_id, uri)
     with _lifecycle(client, run.run_id):
         yield run
         run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
 
 
-def experiment_id(env: Mapping[str, str] = os.environ) -> str:
+@contextlib.contextmanager
+def reopen_run(run_id: str, stage: str, env: Mapping[str, str] = os.environ) -> Iterator[Run]:
+    """Continue `run_id` itself (a resumed training): same run, same params, closed like start_run's."""
+    client, experiment_id = _client(env)
+    client.update_run(run_id, status="RUNNING")
+    run = Run(client, run_id, experiment_id, resolve_tracking_uri(env))
+    with _lifecycle(client, run_id):
+        yield run
+        run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
+
+
+def experiment_id_of(env: Mapping[str, str] = os.environ) -> str:
     """The id of this project's MLflow experiment (created if the store has none yet)."""
     return _client(env)[1]
 
@@ -324,3 +351,37 @@ def register(run_id: str, env: Mapping[str, str] = os.environ) -> str:
 def set_champion(version: str, env: Mapping[str, str] = os.environ) -> None:
     client, _ = _client(env)
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+
+
+def search_runs(tags: Mapping[str, str] | None = None, env: Mapping[str, str] = os.environ) -> pd.DataFrame:
+    """The project experiment's runs (FINISHED only) as MLflow's DataFrame, optionally filtered by tag values."""
+    import mlflow
+
+    experiment_id = experiment_id_of(env)
+    clauses = ["attributes.status = 'FINISHED'"]
+    clauses += [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
+    mlflow.set_tracking_uri(resolve_tracking_uri(env))
+    return mlflow.search_runs([experiment_id], filter_string=" and ".join(clauses), output_format="pandas")
+
+
+def metric_histories(run_ids: list[str], key: str, env: Mapping[str, str] = os.environ) -> dict[str, pd.DataFrame]:
+    """run id -> DataFrame(step, value) of one metric."""
+    client, _ = _client(env)
+    histories = {}
+    for run_id in run_ids:
+        points = client.get_metric_history(run_id, key)
+        histories[run_id] = pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]})
+    return histories
+
+
+def link_experiments(links: list[dict[str, str]], env: Mapping[str, str] = os.environ) -> int:
+    """Tag each run (and the runs continuing it) with its DVC experiment's name and commit; returns the count."""
+    client, experiment_id = _client(env)
+    tagged = 0
+    for link in links:
+        continuing = client.search_runs([experiment_id], f"tags.continues_run = '{link['run_id']}'")
+        for run_id in [link["run_id"], *(r.info.run_id for r in continuing)]:
+            client.set_tag(run_id, "dvc_exp_name", link["name"])
+            client.set_tag(run_id, "dvc_exp_commit", link["rev"])
+            tagged += 1
+    return tagged

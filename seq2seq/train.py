@@ -1,7 +1,7 @@
 """The training loop: Adam, gradient clipping, teacher-forcing and LR schedules, validation and early stopping.
 
-Tracking stays outside: `fit` calls `log(epoch, metrics)` once per epoch and `save_best(model, epoch, metrics)`
-when validation loss improves; the stage decides what those do (MLflow, files).
+Tracking stays outside: `fit` calls `log(epoch, metrics)` and `save_state(state)` once per epoch and returns the
+best weights; the stage decides what those become (MLflow, files).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -42,6 +42,7 @@ class TrainConfig:
     tf_decay_epochs: int  # ... over this many epochs (0: constant tf_start)
     patience: int  # epochs without a val-loss improvement of min_delta before stopping
     min_delta: float
+    system_metrics: bool  # sample CPU/memory/GPU usage into the MLflow run
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
@@ -109,11 +110,12 @@ class EarlyStopping:
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # CPU copy of the best weights
     stopped_early: bool = False
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm stopped being finite; nothing of that epoch is saved."""
 
 
 def show_progress() -> bool:
@@ -152,6 +154,10 @@ def evaluate_split(model: Seq2Seq, data: Encoded, batch_size: int, device: torch
     }
 
 
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
 def fit(
     model: Seq2Seq,
     train: Encoded,
@@ -159,15 +165,35 @@ def fit(
     cfg: TrainConfig,
     device: torch.device,
     log: Callable[[int, dict[str, float]], None],
-    save_best: Callable[[Seq2Seq, int, dict[str, float]], None],
+    save_state: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train `model` (already on `device`) until max_epochs or early stopping. Seeds come from cfg.seed."""
-    torch.manual_seed(cfg.seed)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
+    """Train `model` (already on `device`) until max_epochs or early stopping.
+
+    After every epoch, `save_state` receives everything needed to continue (weights, optimizer, RNG states, early
+    stopping, history); `fit(..., resume=that_state)` continues from it exactly, so on the CPU a killed and
+    resumed run ends with the same weights and metrics as one that was never interrupted.
+    """
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stopper = EarlyStopping(cfg.patience, cfg.min_delta)
+    shuffle = torch.Generator()
     result = FitResult()
-    for epoch in range(1, cfg.max_epochs + 1):
+    if resume is None:
+        torch.manual_seed(cfg.seed)
+        shuffle.manual_seed(cfg.seed)
+        first_epoch = 1
+    else:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        shuffle.set_state(resume["shuffle_rng"])
+        stopper = EarlyStopping(**resume["stopper"])
+        result = FitResult(resume["history"], resume["best_epoch"], resume["best_model"])
+        first_epoch = resume["epoch"] + 1
+        if stopper.should_stop:
+            result.stopped_early = True
+            return result
+    for epoch in range(first_epoch, cfg.max_epochs + 1):
         lr, tf = learning_rate(cfg, epoch), teacher_forcing_ratio(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -177,9 +203,10 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         norm_sum = torch.zeros((), device=device)
         n_tokens = torch.zeros((), dtype=torch.long, device=device)
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         order = torch.randperm(len(train), generator=shuffle)
         starts = range(0, len(train), cfg.batch_size)
-        for start in tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not show_progress()):
+        for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not show_progress())):
             src, src_len, tgt = train.batch(order[start : start + cfg.batch_size])
             src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -191,18 +218,22 @@ def fit(
             # would undo many good ones. The returned norm is the one before clipping, which is what we log.
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
+            bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+            first_bad_step = torch.where(bad & (first_bad_step < 0), step + 1, first_bad_step)
             n = (tgt[:, 1:] != model.pad_id).sum()
             loss_sum += loss.detach() * n
             norm_sum += norm
             n_tokens += n
-        # --- once per epoch: validation, checkpoint, log ---
-        train_loss = loss_sum.item() / n_tokens.item()
+        # --- once per epoch: health check, validation, state, log ---
         elapsed = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"epoch {epoch}: the training loss is {train_loss}; stopping before saving")
+        if (bad_step := int(first_bad_step)) > 0:
+            raise NonFiniteError(
+                f"epoch {epoch}, step {bad_step}: the loss or the gradient norm is not finite; stopping without "
+                "saving this epoch (try a lower train.lr or train.clip)"
+            )
         val_metrics = evaluate_split(model, val, cfg.batch_size, device, cfg.bf16)
         row = {
-            "train_loss": train_loss,
+            "train_loss": loss_sum.item() / n_tokens.item(),
             "val_loss": val_metrics["loss"],
             "val_token_acc": val_metrics["token_acc"],
             "val_exact_match": val_metrics["exact_match"],
@@ -214,10 +245,23 @@ def fit(
         }
         result.history.append({"epoch": epoch, **row})
         if stopper.update(row["val_loss"], epoch):
-            result.best_epoch = epoch
-            save_best(model, epoch, row)
-        log(epoch, row)
-        if stopper.should_stop:
-            result.stopped_early = True
+            result.best_epoch, result.best_state = epoch, _cpu_copy(model.state_dict())
+        result.stopped_early = stopper.should_stop
+        log(epoch, row)  # before the state: a kill between the two repeats this epoch rather than losing it
+        if save_state is not None:
+            save_state(
+                {
+                    "epoch": epoch,
+                    "model": _cpu_copy(model.state_dict()),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "shuffle_rng": shuffle.get_state(),
+                    "stopper": asdict(stopper),
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_model": result.best_state,
+                }
+            )
+        if result.stopped_early:
             break
     return result

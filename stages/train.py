@@ -1,9 +1,16 @@
-"""Train stage: data/ + params.yaml [model, train] -> the best checkpoint, the MLflow run reference, final
-metrics (deterministic) and timing metrics, and the per-epoch history (a DVC plot). Opens the pipeline's MLflow
-run; later stages append to it."""
+"""Train stage: data/ + params.yaml [data, model, train] -> the best checkpoint, final metrics (deterministic),
+timing metrics, the per-epoch history (a DVC plot), the MLflow run reference (a DVC metric, so `dvc exp show`
+lists the run id) and the resumable training state.
+
+Opens the pipeline's MLflow run; later stages append to it. The training state is saved after every epoch to a
+`persist` output: after a kill, `dvc repro` resumes from the last complete epoch, in the same MLflow run.
+(`persist` also keeps this stage out of DVC's run-cache, so every execution trains and logs a run.)
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -12,22 +19,38 @@ import pandas as pd
 import torch
 
 from seq2seq import tracking
-from seq2seq.checkpoint import save_checkpoint
+from seq2seq.checkpoint import load_train_state, save_checkpoint, save_train_state
 from seq2seq.cli import load_params_or_exit, params_option
 from seq2seq.data import dataset_digest, encode_split, read_split, read_vocab
 from seq2seq.files import atomic_write, write_json
 from seq2seq.model import Seq2Seq
+from seq2seq.params import Params
 from seq2seq.plots import loss_curves
-from seq2seq.train import fit, resolve_device
+from seq2seq.train import NonFiniteError, fit, resolve_device
 
 # Timing varies run to run; it goes to MLflow and the timing file so that the metrics file stays byte-identical.
 TIMING_KEYS = ("tokens_per_s", "epoch_time_s")
+SECTIONS = ("data", "model", "train")
+
+
+def fingerprint(params: Params, data_digest: str) -> str:
+    """What a saved training state must match to be resumed: this stage's params and the exact data."""
+    return hashlib.sha256(json.dumps([params.flat(*SECTIONS), data_digest], sort_keys=True).encode()).hexdigest()
+
+
+def resumable(state_path: Path, expected: str) -> dict | None:
+    """The saved state if it belongs to an unfinished run of these params and data; else None (start fresh)."""
+    state = load_train_state(state_path)
+    if state is None or state.get("fingerprint") != expected or state.get("complete"):
+        return None
+    return state
 
 
 @click.command()
 @params_option
 @click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option("--run-ref", "run_ref_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option("--timing", "timing_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
@@ -36,6 +59,7 @@ def main(
     params_path: Path,
     data_dir: Path,
     checkpoint_path: Path,
+    state_path: Path,
     run_ref_path: Path,
     metrics_path: Path,
     timing_path: Path,
@@ -49,27 +73,48 @@ def main(
     vocab = read_vocab(data_dir)
     train_set = encode_split(read_split(data_dir, "train"), vocab)
     val_set = encode_split(read_split(data_dir, "val"), vocab)
+    digest = dataset_digest(data_dir)
+    expected = fingerprint(params, digest)
+    state = resumable(state_path, expected)
     torch.manual_seed(params.train.seed)  # the weight init is part of the seeded run
     model = Seq2Seq(params.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id).to(device)
 
-    with tracking.start_run("train") as run:
+    run_context = tracking.reopen_run(state["run_id"], "train") if state else tracking.start_run("train")
+    with run_context as run:
+        if state:
+            click.echo(f"resuming after epoch {state['epoch']} (MLflow run {run.run_id})", err=True)
+            run.set_tags({"resumed_after_epoch": str(state["epoch"])})
+        else:
+            run.log_params(params.flat(*SECTIONS))
+            run.set_tags({"data_digest": digest, "device": str(device)})
+            run.log_artifact(params_path)
         run.write_reference(run_ref_path)
-        run.log_params(params.flat("data", "model", "train"))
-        run.set_tags({"data_digest": dataset_digest(data_dir), "device": str(device)})
-        run.log_artifact(params_path)
+        last_state: dict = {}
 
-        def save_best(model: Seq2Seq, epoch: int, row: dict[str, float]) -> None:
-            metrics = {k: v for k, v in row.items() if k not in TIMING_KEYS}  # keeps the file's bytes reproducible
-            save_checkpoint(checkpoint_path, model, vocab, {"epoch": epoch, "metrics": metrics})
+        def save_state(epoch_state: dict) -> None:
+            last_state.update(epoch_state, fingerprint=expected, run_id=run.run_id, complete=False)
+            save_train_state(state_path, last_state)
 
         def log(epoch: int, row: dict[str, float]) -> None:
             run.log_metrics(row, step=epoch)
             click.echo(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), err=True)
 
-        result = fit(model, train_set, val_set, params.train, device, log=log, save_best=save_best)
+        with run.system_metrics(params.train.system_metrics):
+            try:
+                result = fit(model, train_set, val_set, params.train, device, log, save_state, resume=state)
+            except NonFiniteError as err:
+                raise click.ClickException(str(err)) from None
+            except torch.OutOfMemoryError:
+                raise click.ClickException(
+                    f"out of memory on {device} at train.batch_size={params.train.batch_size}: "
+                    "lower train.batch_size (or model sizes) and run again"
+                ) from None
 
         best = result.history[result.best_epoch - 1]
         summary = {k: v for k, v in best.items() if k not in TIMING_KEYS}
+        extra = {"epoch": result.best_epoch, "metrics": summary}
+        save_checkpoint(checkpoint_path, model, vocab, extra, state_dict=result.best_state)
+        save_train_state(state_path, {**last_state, "complete": True})
         summary.update(best_epoch=result.best_epoch, epochs_run=len(result.history))
         write_json(metrics_path, summary)
         total_s = sum(row["epoch_time_s"] for row in result.history)

@@ -79,7 +79,8 @@ def stage_args(stage: str, params: Path, out: Path, data: Path) -> list[str]:
     args = ["--params", str(params), "--metrics", str(out / "metrics.json")]
     if stage == "generate":
         return [*args, "--out", str(out / "data"), "--lengths", str(out / "lengths.csv")]
-    outputs = {"--checkpoint": "model.pt", "--run-ref": "run.json", "--timing": "t.json", "--history": "h.csv"}
+    outputs = {"--checkpoint": "model.pt", "--state": "state.pt", "--run-ref": "run.json", "--timing": "t.json"}
+    outputs["--history"] = "h.csv"
     return [*args, "--data", str(data), *(x for opt, name in outputs.items() for x in (opt, str(out / name)))]
 
 

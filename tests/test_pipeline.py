@@ -102,7 +102,7 @@ def test_outputs_are_written(repo):
 
 
 def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
-    ref = json.loads((repo / "models" / "mlflow_run.json").read_text())
+    ref = json.loads((repo / "metrics" / "mlflow_run.json").read_text())
     run = client.get_run(ref["run_id"])
     assert run.info.status == "FINISHED"
     # One run holds every stage: the params of all sections, train's curves, evaluate's and export's results.
@@ -229,7 +229,7 @@ def test_repro_reruns_exactly_what_changed(repo, client):
     runs_before = len(client.search_runs([ref_experiment(repo)]))
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
 
-    first_run = json.loads((repo / "models" / "mlflow_run.json").read_text())["run_id"]
+    first_run = json.loads((repo / "metrics" / "mlflow_run.json").read_text())["run_id"]
     first_metrics = client.get_run(first_run).data.metrics
     _set_params(repo, evaluate={"beam_size": 2})
     out = _run(["dvc", "repro"], repo)
@@ -250,4 +250,4 @@ def test_repro_reruns_exactly_what_changed(repo, client):
 
 
 def ref_experiment(repo: Path) -> str:
-    return json.loads((repo / "models" / "mlflow_run.json").read_text())["experiment_id"]
+    return json.loads((repo / "metrics" / "mlflow_run.json").read_text())["experiment_id"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seq2seq.model import Seq2Seq
-from seq2seq.train import EarlyStopping, NonFiniteLossError, fit, learning_rate, teacher_forcing_ratio
+from seq2seq.train import EarlyStopping, NonFiniteError, fit, learning_rate, teacher_forcing_ratio
 from tests.conftest import tiny_model_config, tiny_train_config
 
 
@@ -42,24 +42,28 @@ def _model(seed: int = 0, **overrides) -> Seq2Seq:
     return Seq2Seq(tiny_model_config(**overrides), 12, 0, 1, 2)
 
 
-def test_fit_logs_each_epoch_saves_on_improvement_and_learns(tiny_dataset):
+def test_fit_logs_each_epoch_keeps_the_best_weights_and_learns(tiny_dataset):
     _, splits = tiny_dataset
-    logged, saved = [], []
+    logged, states = [], []
     cfg = tiny_train_config(max_epochs=4, patience=4)
+    model = _model()
     result = fit(
-        _model(),
+        model,
         splits["train"],
         splits["val"],
         cfg,
         torch.device("cpu"),
         log=lambda epoch, row: logged.append((epoch, row)),
-        save_best=lambda model, epoch, row: saved.append(epoch),
+        save_state=states.append,
     )
-    assert [e for e, _ in logged] == [1, 2, 3, 4]
+    assert [e for e, _ in logged] == [1, 2, 3, 4] and [s["epoch"] for s in states] == [1, 2, 3, 4]
     expected = {"train_loss", "val_loss", "val_token_acc", "val_exact_match", "grad_norm", "lr", "teacher_forcing"}
     assert expected | {"tokens_per_s", "epoch_time_s"} == set(logged[0][1])
     assert [row["teacher_forcing"] for _, row in logged] == [1.0, 0.75, 0.5, 0.5]
-    assert saved[-1] == result.best_epoch and saved == sorted(saved)
+    best = min(range(4), key=lambda i: logged[i][1]["val_loss"])
+    assert result.best_epoch == best + 1
+    for key, value in states[best]["model"].items():  # the best weights are that epoch's, not the last
+        assert torch.equal(result.best_state[key], value)
     assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
 
 
@@ -67,7 +71,7 @@ def test_fit_stops_early_after_patience(tiny_dataset):
     _, splits = tiny_dataset
     # A huge min_delta means no epoch after the first counts as an improvement.
     cfg = tiny_train_config(max_epochs=10, patience=2, min_delta=1e9)
-    result = fit(_model(), splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None, lambda *a: None)
+    result = fit(_model(), splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
@@ -77,7 +81,7 @@ def test_fit_is_deterministic_on_the_cpu(tiny_dataset):
     runs = []
     for _ in range(2):
         model = _model()
-        result = fit(model, splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None, lambda *a: None)
+        result = fit(model, splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None)
         timing_free = [
             {k: v for k, v in r.items() if k not in ("tokens_per_s", "epoch_time_s")} for r in result.history
         ]
@@ -87,15 +91,44 @@ def test_fit_is_deterministic_on_the_cpu(tiny_dataset):
         assert torch.equal(value, runs[1][1][key]), key
 
 
-def test_non_finite_loss_stops_before_saving(tiny_dataset):
+def test_non_finite_loss_stops_before_saving_naming_epoch_and_step(tiny_dataset):
     _, splits = tiny_dataset
     model = _model()
     with torch.no_grad():
         model.decoder.out.bias.fill_(float("nan"))
     saved = []
-    with pytest.raises(NonFiniteLossError, match="epoch 1: the training loss is nan"):
+    with pytest.raises(NonFiniteError, match="epoch 1, step 1: the loss or the gradient norm is not finite"):
         fit(model, splits["train"], splits["val"], tiny_train_config(), torch.device("cpu"), print, saved.append)
     assert saved == []
+
+
+def test_a_killed_run_resumes_to_the_same_result(tiny_dataset):
+    """Stop after epoch 2 (as a kill would, the state of epoch 2 saved), resume: same history and weights."""
+    _, splits = tiny_dataset
+    cfg = tiny_train_config(max_epochs=4, patience=4)
+    cpu = torch.device("cpu")
+    full = fit(_model(), splits["train"], splits["val"], cfg, cpu, lambda *a: None)
+
+    class Killed(Exception):
+        pass
+
+    states = []
+
+    def save_then_die(state):
+        states.append(state)
+        if state["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(_model(), splits["train"], splits["val"], cfg, cpu, lambda *a: None, save_then_die)
+    resumed_model = _model(seed=99)  # different init: everything must come from the state
+    resumed = fit(resumed_model, splits["train"], splits["val"], cfg, cpu, lambda *a: None, resume=states[-1])
+    timing = ("tokens_per_s", "epoch_time_s")
+    strip = [{k: v for k, v in row.items() if k not in timing} for row in full.history]
+    assert [{k: v for k, v in row.items() if k not in timing} for row in resumed.history] == strip
+    assert resumed.best_epoch == full.best_epoch
+    for key, value in full.best_state.items():
+        assert torch.equal(resumed.best_state[key], value), key
 
 
 def test_checkpoint_round_trip_is_byte_reproducible(tmp_path, tiny_dataset):

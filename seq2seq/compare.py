@@ -1,0 +1,147 @@
+"""Comparing variants: a table of runs with only the params that differ and the key metrics, the links between
+DVC experiments and MLflow runs, and an offline HTML report with PNG plots (no CDN, images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from seq2seq.plots import plt
+
+KEY_METRICS = (
+    "test_exact_match",
+    "test_long_exact_match",
+    "test_bleu",
+    "test_loss",
+    "best_val_exact_match",
+    "best_val_loss",
+    "best_epoch",
+)
+FORMATS = ("table", "md", "csv", "json")
+
+
+def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool = False) -> pd.DataFrame:
+    """One row per run: run name and id, the params whose values differ between runs, the key metrics.
+
+    `runs` is MLflow's search_runs frame (columns run_id, tags.mlflow.runName, params.*, metrics.*).
+    """
+    if runs.empty:
+        return pd.DataFrame(columns=["run", "run_id"])
+    table = pd.DataFrame({"run": runs.get("tags.mlflow.runName", runs["run_id"]), "run_id": runs["run_id"]})
+    params = [c for c in runs.columns if c.startswith("params.")]
+    differing = [c for c in params if runs[c].astype("string").nunique(dropna=False) > 1]
+    for column in sorted(differing):
+        table[column.removeprefix("params.")] = runs[column]
+    for name in KEY_METRICS:
+        if f"metrics.{name}" in runs:
+            table[name] = runs[f"metrics.{name}"]
+    if sort_by not in table:
+        raise KeyError(f"cannot sort by {sort_by!r}: the table has {', '.join(table.columns)}")
+    return table.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    if fmt == "table":
+        return table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    if fmt == "md":
+        return _markdown(table)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", indent=2)
+    raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+def exp_links(exp_show: Any, run_ref_file: str) -> list[dict[str, str]]:
+    """(run id, experiment name, experiment commit) for every DVC experiment in `dvc exp show --json` output
+    whose metrics include the run reference file written by the train stage."""
+    links = []
+
+    def visit(entry: dict) -> None:
+        data = entry.get("data") or {}
+        ref = ((data.get("metrics") or {}).get(run_ref_file) or {}).get("data") or {}
+        if ref.get("run_id") and entry.get("name") and entry.get("rev"):
+            links.append({"run_id": ref["run_id"], "name": entry["name"], "rev": entry["rev"]})
+
+    for baseline in exp_show:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                visit(rev)
+    return links
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def curves_png(histories: dict[str, pd.DataFrame], metric: str) -> str:
+    """Base64 PNG: one line per run, `metric` against step (epoch)."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, history in histories.items():
+        ax.plot(history["step"], history["value"], marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    if metric.endswith("loss"):
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{metric} per epoch")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def scatter_png(table: pd.DataFrame, metric: str, param: str) -> str:
+    """Base64 PNG: `metric` against `param`, one point per run (a numeric axis when the param is numeric)."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    x = pd.to_numeric(table[param], errors="coerce")
+    numeric = x.notna().all()
+    positions = x if numeric else pd.Series(pd.factorize(table[param].astype(str))[0])
+    ax.scatter(positions, table[metric])
+    for pos, value, name in zip(positions, table[metric], table["run"], strict=True):
+        ax.annotate(str(name), (pos, value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if numeric and x.gt(0).all() and x.max() / x.min() >= 10:
+        ax.set_xscale("log")
+    if not numeric:
+        labels = pd.factorize(table[param].astype(str))[1]
+        ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against {param}")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def html_report(table: pd.DataFrame, curves: str, scatter: str | None, title: str, notes: Iterable[str] = ()) -> str:
+    """A self-contained page: the table and the plots inlined as PNG data URIs, no script, no CDN."""
+    images = [("Validation loss per epoch", curves)] + ([("Metric against param", scatter)] if scatter else [])
+    figures = "\n".join(
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for caption, data in images
+    )
+    items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    rows = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}figure{{display:inline-block;margin:1em}}</style>
+</head><body><h1>{html.escape(title)}</h1><ul>{items}</ul>{rows}{figures}</body></html>
+"""
