@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PORT ?= 5000
+SERVER_PORT ?= 5001
+JOBS ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup run test lint format ui promote lock clean
+.PHONY: help setup run test lint format ui promote sweep server lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -45,6 +47,20 @@ ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1:$(PORT)
 
 promote: $(STAMP)  ## register the last exported model; make it champion if it beats the current one
 	seq2seq promote --run-ref models/export/mlflow_run.json
+
+sweep: $(STAMP)  ## a 2x2 grid (train.lr x model.hidden_dim) through the DVC queue, JOBS at a time; link, compare
+	dvc exp run --queue -S 'train.lr=0.001,0.003' -S 'model.hidden_dim=64,128'
+	dvc queue start -j $(JOBS)
+	@while dvc queue status | grep -qE 'Queued|Running'; do sleep 5; done
+	@dvc queue status
+	seq2seq link
+	seq2seq compare --tag dvc_exp_baseline_rev=$$(git rev-parse HEAD) --html reports/sweep.html
+
+server: $(STAMP)  ## a tracking server on 127.0.0.1:$(SERVER_PORT) (SQLite + proxied artifacts in mlserver/)
+	@mkdir -p mlserver
+	@echo "Log to it: export MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT)"
+	mlflow server --backend-store-uri "sqlite:///$(CURDIR)/mlserver/mlflow.db" \
+	  --artifacts-destination "$(CURDIR)/mlserver/artifacts" --host 127.0.0.1 --port $(SERVER_PORT)
 
 lock: $(STAMP)  ## rewrite requirements/constraints.txt from the current venv
 	{ echo "# Exact versions for every install (make setup uses this as pip constraints). Regenerate: make lock"; \

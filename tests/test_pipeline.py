@@ -3,74 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.params import load_params
 from tests.conftest import ROOT
+from tests.helpers import env, free_port, run, set_params, tiny_repo, wait_for
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "data": {
-        **{"num_symbols": 8, "min_len": 2, "max_len": 5, "long_max_len": 7},
-        **{"n_train": 256, "n_val": 32, "n_test": 32, "n_test_long": 16},
-    },
-    "model": {"emb_dim": 16, "hidden_dim": 32, "num_layers": 1, "dropout": 0.0},
-    "train": {"max_epochs": 3, "batch_size": 32, "tf_start": 1.0, "tf_end": 0.8, "tf_decay_epochs": 2},
-    "evaluate": {"batch_size": 64, "beam_size": 1, "max_extra_len": 3, "n_samples": 5, "n_attention_plots": 2},
-    "export": {"max_src_len": 8, "max_tgt_len": 9},
-}
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(CI="true", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", **extra)
-    return env
-
-
-def _run(cmd: list[str], cwd: Path, expect: int = 0, stdin: str | None = None, **env: str) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=_env(**env), input=stdin, capture_output=True, text=True, check=False)
-    assert result.returncode == expect, f"{cmd} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def _set_params(repo: Path, **changes: dict) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A git + DVC copy of the project (its tracked and untracked-but-not-ignored files) on the tiny profile."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in listed:
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    _set_params(repo, **TINY)
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
-    _run(["dvc", "repro"], repo)
-    return repo
+    return tiny_repo(tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +54,7 @@ def test_outputs_are_written(repo):
 
 def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
     ref = json.loads((repo / "metrics" / "mlflow_run.json").read_text())
-    run = client.get_run(ref["run_id"])
+    run = client.getrun(ref["run_id"])
     assert run.info.status == "FINISHED"
     # One run holds every stage: the params of all sections, train's curves, evaluate's and export's results.
     assert run.data.params == {k: str(v) for k, v in load_params(repo / "params.yaml").flat().items()}
@@ -112,7 +63,7 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
     epochs = json.loads((repo / "metrics" / "train.json").read_text())["epochs_run"]
     for key in ("train_loss", "val_loss", "val_exact_match", "grad_norm", "lr", "teacher_forcing", "tokens_per_s"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1)), key
-    head = _run(["git", "rev-parse", "HEAD"], repo).strip()
+    head = run(["git", "rev-parse", "HEAD"], repo).strip()
     assert run.data.tags["git_commit"] == head and len(run.data.tags["data_digest"]) == 64
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"params.yaml", "plots", "attention", "predictions"} <= artifacts
@@ -143,16 +94,16 @@ def test_exported_forms_predict_what_the_eager_model_does(repo):
 
 
 def test_promote_predict_and_the_pyfunc_in_a_fresh_process(repo, tmp_path):
-    out = _run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
+    out = run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
     assert "promoted: there is no champion yet" in out and "test_exact_match" in out
-    assert "already is the champion" in _run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
+    assert "already is the champion" in run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
 
     sources = "1 2 3\n4 5 6 7\n"
-    expected = _run(["seq2seq", "predict", "--model", "models/export"], repo, stdin=sources)
-    assert _run(["seq2seq", "predict"], repo, stdin=sources) == expected  # the champion, through MLflow
+    expected = run(["seq2seq", "predict", "--model", "models/export"], repo, stdin=sources)
+    assert run(["seq2seq", "predict"], repo, stdin=sources) == expected  # the champion, through MLflow
     assert len(expected.splitlines()) == 2
 
-    errors = _run(
+    errors = run(
         ["seq2seq", "predict", "--model", "models/export"], repo, expect=1, stdin="1 2\n1 x\n1 2 3 4 5 6 7 1 2\n"
     )
     assert "line 2: unknown token 'x'" in errors and "line 3: 9 tokens, the model takes at most 8" in errors
@@ -171,16 +122,10 @@ def test_promote_predict_and_the_pyfunc_in_a_fresh_process(repo, tmp_path):
         "print(seq2seq.__file__)\n"
         "print('|'.join(model.predict(pd.DataFrame({'source': ['1 2 3', '4 5 6 7']}))['prediction']))\n"
     )
-    out = _run([sys.executable, "-c", script], tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db")
+    out = run([sys.executable, "-c", script], tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db")
     module_file, predictions = out.strip().splitlines()[-2:]
     assert "/artifacts/code/seq2seq/" in module_file, module_file  # the copy inside the logged model
     assert predictions.split("|") == expected.splitlines()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, payload: dict) -> tuple[int, str]:
@@ -193,28 +138,20 @@ def _post(url: str, payload: dict) -> tuple[int, str]:
 
 
 def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
-    port = _free_port()
+    port = free_port()
     cmd = ["mlflow", "models", "serve", "-m", "models:/seq2seq@champion", "--env-manager", "local"]
     log = tmp_path / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen(
             [*cmd, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=repo, env=_env(MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db"), stdout=out, stderr=subprocess.STDOUT,
+            cwd=repo, env=env(MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db"), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not answer /ping within 120 s"
-                time.sleep(1)
+        wait_for(f"http://127.0.0.1:{port}/ping", server, log)
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["1 2 3"], ["4 5 6 7"]]}})
         assert status == 200, body
-        local = _run(["seq2seq", "predict", "--model", "models/export"], repo, stdin="1 2 3\n4 5 6 7\n")
+        local = run(["seq2seq", "predict", "--model", "models/export"], repo, stdin="1 2 3\n4 5 6 7\n")
         assert [row["prediction"] for row in json.loads(body)["predictions"]] == local.splitlines()
         status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["1 x"]]}})
         assert status == 400 and "unknown token 'x'" in body
@@ -227,24 +164,24 @@ def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
 
 def test_repro_reruns_exactly_what_changed(repo, client):
     runs_before = len(client.search_runs([ref_experiment(repo)]))
-    assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo)
 
     first_run = json.loads((repo / "metrics" / "mlflow_run.json").read_text())["run_id"]
-    first_metrics = client.get_run(first_run).data.metrics
-    _set_params(repo, evaluate={"beam_size": 2})
-    out = _run(["dvc", "repro"], repo)
+    first_metrics = client.getrun(first_run).data.metrics
+    set_params(repo, evaluate={"beam_size": 2})
+    out = run(["dvc", "repro"], repo)
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
     # Re-evaluating a trained model opens a new run that continues the training run, which keeps its results.
-    follow_up = client.get_run(json.loads((repo / "models" / "eval_run.json").read_text())["run_id"])
+    follow_up = client.getrun(json.loads((repo / "models" / "eval_run.json").read_text())["run_id"])
     assert follow_up.data.tags["continues_run"] == first_run and follow_up.data.params["evaluate.beam_size"] == "2"
-    assert client.get_run(first_run).data.metrics == first_metrics
+    assert client.getrun(first_run).data.metrics == first_metrics
 
-    _set_params(repo, train={"lr": 0.005})
-    out = _run(["dvc", "repro"], repo)
+    set_params(repo, train={"lr": 0.005})
+    out = run(["dvc", "repro"], repo)
     assert "Running stage 'train'" in out and "Running stage 'generate'" not in out
 
-    _set_params(repo, data={"max_len": 6})
-    out = _run(["dvc", "repro"], repo)
+    set_params(repo, data={"max_len": 6})
+    out = run(["dvc", "repro"], repo)
     assert "Running stage 'generate'" in out and "Running stage 'train'" in out
     assert len(client.search_runs([ref_experiment(repo)])) == runs_before + 3
 

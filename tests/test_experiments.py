@@ -1,0 +1,130 @@
+"""DVC experiments land in the main MLflow store exactly once, however they run: queued in parallel, in a temp
+dir, over DVC's run-cache, or through a tracking server. Runs on a tiny profile in a temp copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import commit, env, free_port, run, tiny_repo, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tiny_repo(tmp_path_factory.mktemp("experiments"))
+    commit(repo, "baseline results")  # dvc.lock and metrics: what experiments are compared against
+    return repo
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _runs_by_name(client) -> dict[str, list]:
+    experiment = client.get_experiment_by_name("seq2seq")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_name: dict[str, list] = {}
+    for r in runs:
+        by_name.setdefault(r.info.run_name, []).append(r)
+    return by_name
+
+
+def _drain_queue(repo: Path, jobs: int, timeout: float = 600, **extra: str) -> None:
+    run(["dvc", "queue", "start", "-j", str(jobs)], repo, **extra)
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(["dvc", "queue", "status"], repo)
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert "Failed" not in status, status
+
+
+def _experiment_names(repo: Path) -> set[str]:
+    shown = json.loads(_exp_show(repo))
+    return {rev["name"] for base in shown for exp in base.get("experiments") or [] for rev in exp["revs"]}
+
+
+def _exp_show(repo: Path) -> str:
+    result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, env=env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _assert_one_run_with_a_loadable_model(client, name: str) -> None:
+    import mlflow
+    import pandas as pd
+
+    runs = _runs_by_name(client)[name]
+    assert len(runs) == 1, f"{name}: {len(runs)} runs"
+    run_ = runs[0]
+    assert run_.info.status == "FINISHED" and run_.data.tags["dvc_exp_name"] == name
+    assert {"test_exact_match", "best_val_loss"} <= set(run_.data.metrics)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.pyfunc.load_model(run_.data.tags["model_uri"])
+    assert len(model.predict(pd.DataFrame({"source": ["1 2 3"]}))) == 1
+
+
+def test_queued_experiments_in_parallel_each_land_once(repo):
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.005,0.02"], repo)
+    _drain_queue(repo, jobs=2)
+    names = _experiment_names(repo)
+    assert len(names) == 2
+    client = _client(f"sqlite:///{repo}/mlflow.db")
+    for name in names:  # the temp dirs are gone; runs and models are in the main store
+        _assert_one_run_with_a_loadable_model(client, name)
+    assert not list((repo / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))
+
+    out = run(["seq2seq", "link"], repo)
+    assert "tagged 2 runs of 2 experiments" in out
+    commits = {r.data.tags.get("dvc_exp_commit") for n in names for r in _runs_by_name(client)[n]}
+    assert None not in commits and len(commits) == 2
+
+
+def test_temp_experiment_lands_in_the_main_store(repo):
+    run(["dvc", "exp", "run", "--temp", "-n", "in-temp", "-S", "train.lr=0.01"], repo)
+    _assert_one_run_with_a_loadable_model(_client(f"sqlite:///{repo}/mlflow.db"), "in-temp")
+
+
+def test_run_cache_never_skips_the_mlflow_run(repo):
+    """Params that ran before: DVC restores `generate` from its run-cache, but `train` (with a persist output)
+    is never restored, so the experiment still gets its own MLflow run."""
+    client = _client(f"sqlite:///{repo}/mlflow.db")
+    before = sum(len(v) for v in _runs_by_name(client).values())
+    out = run(["dvc", "exp", "run", "-n", "again", "-S", "train.lr=0.005"], repo)  # ran before, queued
+    assert "Stage 'generate' is cached" in out or "Stage 'generate' didn't change" in out
+    assert "Running stage 'train'" in out
+    _assert_one_run_with_a_loadable_model(client, "again")
+    assert sum(len(v) for v in _runs_by_name(client).values()) == before + 1
+
+
+def test_queued_experiment_through_a_tracking_server(repo, tmp_path):
+    port = free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    log = tmp_path / "server.log"
+    cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db"]
+    cmd += ["--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as out:
+        server = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", server, log, seconds=180)
+        uri = f"http://127.0.0.1:{port}"
+        run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.004"], repo)
+        _drain_queue(repo, jobs=1, MLFLOW_TRACKING_URI=uri)
+        client = _client(uri)
+        (name,) = _runs_by_name(client)
+        _assert_one_run_with_a_loadable_model(client, name)
+        assert any((store / "artifacts").rglob("model.onnx"))  # proxied: stored by the server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
