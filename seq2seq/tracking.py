@@ -86,19 +86,22 @@ def _store_lock(uri: str) -> Iterator[None]:
 def _client(env: Mapping[str, str]):
     if not sys.stderr.isatty():  # artifact progress bars are noise in DVC's and CI's logs
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(env)
+    name = experiment_name(env)
     with _store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
-        name = experiment_name(env)
-        experiment = client.get_experiment_by_name(name)  # creates and migrates the DB on first contact
-        experiment_id = (
-            experiment.experiment_id
-            if experiment
-            else client.create_experiment(name, artifact_location=resolve_artifact_location(env))
-        )
-    return client, experiment_id
+        experiment = client.get_experiment_by_name(name)  # creates and migrates a SQLite DB on first contact
+        if experiment:
+            return client, experiment.experiment_id
+        try:
+            return client, client.create_experiment(name, artifact_location=resolve_artifact_location(env))
+        except MlflowException as err:  # a server's other client created it first (no file lock across machines)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client, client.get_experiment_by_name(name).experiment_id
 
 
 class Run:

@@ -54,24 +54,24 @@ def test_outputs_are_written(repo):
 
 def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
     ref = json.loads((repo / "metrics" / "mlflow_run.json").read_text())
-    run = client.getrun(ref["run_id"])
-    assert run.info.status == "FINISHED"
+    logged = client.get_run(ref["run_id"])
+    assert logged.info.status == "FINISHED"
     # One run holds every stage: the params of all sections, train's curves, evaluate's and export's results.
-    assert run.data.params == {k: str(v) for k, v in load_params(repo / "params.yaml").flat().items()}
-    assert {f"stage.{s}" for s in ("train", "evaluate", "export")} <= set(run.data.tags)
-    assert {"test_exact_match", "test_long_exact_match", "test_bleu", "test_perplexity"} <= set(run.data.metrics)
+    assert logged.data.params == {k: str(v) for k, v in load_params(repo / "params.yaml").flat().items()}
+    assert {f"stage.{s}" for s in ("train", "evaluate", "export")} <= set(logged.data.tags)
+    assert {"test_exact_match", "test_long_exact_match", "test_bleu", "test_perplexity"} <= set(logged.data.metrics)
     epochs = json.loads((repo / "metrics" / "train.json").read_text())["epochs_run"]
     for key in ("train_loss", "val_loss", "val_exact_match", "grad_norm", "lr", "teacher_forcing", "tokens_per_s"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1)), key
+        assert [m.step for m in client.get_metric_history(logged.info.run_id, key)] == list(range(1, epochs + 1)), key
     head = run(["git", "rev-parse", "HEAD"], repo).strip()
-    assert run.data.tags["git_commit"] == head and len(run.data.tags["data_digest"]) == 64
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert logged.data.tags["git_commit"] == head and len(logged.data.tags["data_digest"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert {"params.yaml", "plots", "attention", "predictions"} <= artifacts
-    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    plots = {a.path for a in client.list_artifacts(logged.info.run_id, "plots")}
     assert plots == {"plots/loss_curves.png", "plots/exact_match_by_length.png"}
-    assert len(client.list_artifacts(run.info.run_id, "attention")) == 2
-    assert run.info.artifact_uri.startswith((repo / "mlruns").as_uri())
-    assert run.data.tags["model_uri"].startswith("models:/m-")
+    assert len(client.list_artifacts(logged.info.run_id, "attention")) == 2
+    assert logged.info.artifact_uri.startswith((repo / "mlruns").as_uri())
+    assert logged.data.tags["model_uri"].startswith("models:/m-")
 
 
 def test_exported_forms_predict_what_the_eager_model_does(repo):
@@ -167,14 +167,14 @@ def test_repro_reruns_exactly_what_changed(repo, client):
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo)
 
     first_run = json.loads((repo / "metrics" / "mlflow_run.json").read_text())["run_id"]
-    first_metrics = client.getrun(first_run).data.metrics
+    first_metrics = client.get_run(first_run).data.metrics
     set_params(repo, evaluate={"beam_size": 2})
     out = run(["dvc", "repro"], repo)
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
     # Re-evaluating a trained model opens a new run that continues the training run, which keeps its results.
-    follow_up = client.getrun(json.loads((repo / "models" / "eval_run.json").read_text())["run_id"])
+    follow_up = client.get_run(json.loads((repo / "models" / "eval_run.json").read_text())["run_id"])
     assert follow_up.data.tags["continues_run"] == first_run and follow_up.data.params["evaluate.beam_size"] == "2"
-    assert client.getrun(first_run).data.metrics == first_metrics
+    assert client.get_run(first_run).data.metrics == first_metrics
 
     set_params(repo, train={"lr": 0.005})
     out = run(["dvc", "repro"], repo)

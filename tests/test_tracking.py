@@ -100,3 +100,16 @@ def test_failed_or_interrupted_runs_are_never_left_running(store, error, status)
     with pytest.raises(error), tracking.start_run("train", env=env) as run:
         raise error("boom")
     assert client.get_run(run.run_id).info.status == status
+
+
+def test_processes_creating_a_new_store_together_do_not_race(tmp_path):
+    """Several stages starting at once against a DB that does not exist yet (a queue started with -j N) must
+    not race on MLflow's schema migration: the first contact is serialised by a file lock."""
+    script = "import sys; from seq2seq import tracking; print(tracking.experiment_id_of({'DVC_ROOT': sys.argv[1]}))"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], [err.decode()[-2000:] for _, _, err in results]
+    assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, the same id for all

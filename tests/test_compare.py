@@ -1,0 +1,106 @@
+"""`seq2seq compare` and `seq2seq link`: the variants table, its formats, the offline report, experiment links."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from seq2seq import tracking
+from seq2seq.cli import main
+from seq2seq.compare import exp_links, render, variant_table
+
+
+def _runs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "tags.mlflow.runName": ["small", "big", "fast"],
+            "params.model.hidden_dim": ["64", "128", "64"],
+            "params.train.lr": ["0.001", "0.001", "0.003"],
+            "params.data.task": ["reverse"] * 3,  # the same everywhere: left out
+            "metrics.test_exact_match": [0.9, 0.95, 0.9],
+            "metrics.test_loss": [0.2, 0.1, 0.15],
+        }
+    )
+
+
+def test_table_keeps_differing_params_and_sorts():
+    table = variant_table(_runs(), "test_exact_match")
+    assert list(table.columns) == ["run", "run_id", "model.hidden_dim", "train.lr", "test_exact_match", "test_loss"]
+    assert list(table["run"]) == ["big", "small", "fast"]  # best first; ties keep their order
+    assert list(variant_table(_runs(), "test_loss", ascending=True)["run"]) == ["big", "fast", "small"]
+    with pytest.raises(KeyError, match="cannot sort by 'bleu'"):
+        variant_table(_runs(), "bleu")
+
+
+def test_formats():
+    table = variant_table(_runs(), "test_exact_match")
+    assert (
+        render(table, "md").splitlines()[0]
+        == "| run | run_id | model.hidden_dim | train.lr | test_exact_match | test_loss |"
+    )
+    assert render(table, "md").splitlines()[2] == "| big | b | 128 | 0.001 | 0.95 | 0.1 |"
+    assert pd.read_csv(io.StringIO(render(table, "csv")))["run"].tolist() == ["big", "small", "fast"]
+    assert json.loads(render(table, "json"))[0] == {
+        "run": "big", "run_id": "b", "model.hidden_dim": "128", "train.lr": "0.001", "test_exact_match": 0.95,
+        "test_loss": 0.1,
+    }  # fmt: skip
+    assert "big" in render(table, "table")
+
+
+def _exp(rev: str, name: str, run_id: str | None) -> dict:
+    metrics = {"metrics/mlflow_run.json": {"data": {"run_id": run_id}}} if run_id else {}
+    return {"revs": [{"rev": rev, "name": name, "data": {"metrics": metrics}}]}
+
+
+def test_exp_links_from_dvc_exp_show():
+    baseline_metrics = {"metrics/mlflow_run.json": {"data": {"run_id": "r0"}}}
+    shown = [
+        {
+            "rev": "abc",
+            "name": "main",
+            "data": {"metrics": baseline_metrics},  # the baseline is no experiment: not linked
+            "experiments": [_exp("e1", "exp-one", "r1"), _exp("e2", "failed-one", None)],
+        }
+    ]
+    assert exp_links(shown, "metrics/mlflow_run.json") == [{"run_id": "r1", "name": "exp-one", "rev": "e1"}]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store with three known runs: (name, lr, hidden, val_loss per epoch, test exact match)."""
+    root = tmp_path_factory.mktemp("compare")
+    env = {"DVC_ROOT": str(root)}
+    known = [("slow", 0.001, 64, [1.0, 0.5, 0.3], 0.7), ("quick", 0.003, 64, [0.8, 0.2, 0.1], 0.9)]
+    known.append(("wide", 0.003, 128, [0.7, 0.15, 0.05], 0.95))
+    for name, lr, hidden, losses, exact in known:
+        with tracking.start_run("train", run_name=name, env=env) as run:
+            run.log_params({"train.lr": lr, "model.hidden_dim": hidden, "data.task": "reverse"})
+            for epoch, loss in enumerate(losses, start=1):
+                run.log_metrics({"val_loss": loss}, step=epoch)
+            run.log_metrics({"test_exact_match": exact, "test_loss": losses[-1]})
+    with pytest.raises(RuntimeError), tracking.start_run("train", run_name="broken", env=env):
+        raise RuntimeError("failed runs are not variants")
+    return root
+
+
+def test_compare_reads_the_store(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(store))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["compare", "--format", "csv", "--html", str(report), "--param", "train.lr"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert table["run"].tolist() == ["wide", "quick", "slow"]  # FINISHED only, best test exact match first
+    assert set(table.columns) == {"run", "run_id", "model.hidden_dim", "train.lr", "test_exact_match", "test_loss"}
+    page = report.read_text()
+    assert page.count('src="data:image/png;base64,') == 2 and "<script" not in page and "http" not in page
+
+    result = CliRunner().invoke(main, ["compare", "--tag", "mlflow.runName=quick", "--format", "json"])
+    assert [row["run"] for row in json.loads(result.stdout)] == ["quick"]
+    result = CliRunner().invoke(main, ["compare", "--sort-by", "nope"])
+    assert result.exit_code == 2 and "cannot sort by 'nope'" in result.output
