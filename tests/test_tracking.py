@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,13 @@ def test_processes_creating_a_new_store_together_do_not_race(tmp_path):
     results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
     assert [code for code, _, _ in results] == [0, 0, 0], [err.decode()[-2000:] for _, _, err in results]
     assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, the same id for all
+
+
+def test_system_metrics_when_enabled(store):
+    env, client = store
+    with tracking.start_run("train", env=env) as run, run.system_metrics(True):
+        time.sleep(6)  # MLflow samples every 5 s
+    assert "system/cpu_utilization_percentage" in client.get_run(run.run_id).data.metrics
+    with tracking.start_run("train", env=env) as quiet, quiet.system_metrics(False):
+        pass
+    assert not any(k.startswith("system/") for k in client.get_run(quiet.run_id).data.metrics)
