@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -188,3 +190,46 @@ def test_repro_reruns_exactly_what_changed(repo, client):
 
 def ref_experiment(repo: Path) -> str:
     return json.loads((repo / "metrics" / "mlflow_run.json").read_text())["experiment_id"]
+
+
+def test_killed_training_resumes_and_equals_an_uninterrupted_run(tmp_path):
+    """SIGKILL `dvc repro` mid-training, run it again: training resumes after the last complete epoch (same MLflow
+    run), and the metrics file and checkpoint are byte-identical to those of a run that was never interrupted."""
+    import signal
+
+    import torch
+
+    repo = tiny_repo(tmp_path)
+    set_params(repo, data={"n_train": 3000}, train={"max_epochs": 8, "patience": 8, "min_delta": 0.0})
+    run(["dvc", "repro", "generate"], repo)
+    state_file = repo / "models" / "train_state.pt"
+    state_file.unlink()
+    with (tmp_path / "killed.log").open("w") as log:
+        killed = subprocess.Popen(
+            ["dvc", "repro"], cwd=repo, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 300
+    while not (state_file.exists() and torch.load(state_file, weights_only=True)["epoch"] >= 2):
+        assert killed.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)  # dvc and the stage with it, no chance to clean up
+    killed.wait()
+    saved_epoch = torch.load(state_file, weights_only=True)["epoch"]
+    assert 2 <= saved_epoch < 8
+
+    out = run(["dvc", "repro"], repo)
+    assert f"resuming after epoch {saved_epoch}" in out
+    resumed_metrics = (repo / "metrics" / "train.json").read_bytes()
+    resumed_model = (repo / "models" / "model.pt").read_bytes()
+    resumed_run = json.loads((repo / "metrics" / "mlflow_run.json").read_text())["run_id"]
+
+    run(["dvc", "repro", "--force", "train"], repo)  # the state is complete: this one starts from scratch
+    assert (repo / "metrics" / "train.json").read_bytes() == resumed_metrics
+    assert (repo / "models" / "model.pt").read_bytes() == resumed_model
+    fresh_run = json.loads((repo / "metrics" / "mlflow_run.json").read_text())["run_id"]
+    assert fresh_run != resumed_run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    assert client.get_run(resumed_run).data.tags["resumed_after_epoch"] == str(saved_epoch)
+    assert client.get_run(resumed_run).info.status == "FINISHED"
