@@ -7,9 +7,12 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 SERVER_PORT ?= 5001
 JOBS ?= 2
+PROFILE ?= default
+PROMOTE ?= 0
+OVERRIDES ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup run test lint format ui promote sweep server lock clean
+.PHONY: help setup run test lint format ui promote retrain sweep server lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -47,6 +50,9 @@ ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1:$(PORT)
 
 promote: $(STAMP)  ## register the last exported model; make it champion if it beats the current one
 	seq2seq promote --run-ref models/export/mlflow_run.json
+
+retrain:  ## what CI does: setup, dvc repro --no-run-cache, gate, report (PROFILE=smoke, PROMOTE=1, OVERRIDES=...)
+	PROFILE="$(PROFILE)" PROMOTE="$(PROMOTE)" OVERRIDES="$(OVERRIDES)" bash .ci/retrain
 
 sweep: $(STAMP)  ## a 2x2 grid (train.lr x model.hidden_dim) through the DVC queue, JOBS at a time; link, compare
 	dvc exp run --queue -S 'train.lr=0.001,0.003' -S 'model.hidden_dim=64,128'

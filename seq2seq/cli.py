@@ -197,3 +197,162 @@ def compare(
     page = html_report(table, curves, scatter, "Seq2Seq variants", notes)
     atomic_write(html_path, lambda tmp: tmp.write_text(page))
     click.echo(f"report: {html_path}", err=True)
+
+
+def _baseline_metrics(rev: str | None, baseline_file: Path | None, metrics_path: Path) -> tuple[dict | None, str]:
+    """The baseline's metrics (None when it has none yet) and a label saying where they came from."""
+    import subprocess
+
+    if baseline_file is not None:
+        return json.loads(baseline_file.read_text()), str(baseline_file)
+    shown = subprocess.run(["git", "show", f"{rev}:{metrics_path}"], capture_output=True, text=True, check=False)
+    if shown.returncode != 0:
+        if "does not exist" in shown.stderr or "exists on disk, but not in" in shown.stderr:
+            return None, f"{rev} (no {metrics_path} there yet)"
+        raise click.ClickException(f"cannot read {metrics_path} at {rev}: {shown.stderr.strip()}")
+    return json.loads(shown.stdout), f"{metrics_path} at {rev}"
+
+
+def _gate_checks(params_path: Path, metrics_path: Path, rev: str, baseline_file: Path | None):
+    from seq2seq.gate import check
+
+    cfg = load_params_or_exit(params_path).gate
+    current = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    baseline, label = _baseline_metrics(rev, baseline_file, metrics_path)
+    return check(current, baseline, cfg), label
+
+
+def _baseline_options(func):
+    func = click.option("--baseline", "rev", default="HEAD", show_default=True, help="Git rev of the baseline.")(func)
+    return click.option(
+        "--baseline-file",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="A metrics JSON to compare with instead of a git rev (e.g. a profile's committed baseline).",
+    )(func)
+
+
+@main.command()
+@params_option
+@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@_baseline_options
+def gate(params_path: Path, metrics_path: Path, rev: str, baseline_file: Path | None) -> None:
+    """Exit 1 when the workspace's metrics fall behind the baseline's beyond the `gate` tolerances, or any
+    metric is missing or not finite; print the comparison either way."""
+    from seq2seq.gate import table
+
+    checks, label = _gate_checks(params_path, metrics_path, rev, baseline_file)
+    click.echo(f"baseline: {label}\n{table(checks)}")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise click.ClickException(f"gate failed: {', '.join(f'{c.metric} {c.note}' for c in failed)}")
+    click.echo("gate passed")
+
+
+@main.command()
+@params_option
+@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--history", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--by-length", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
+@click.option("--run-ref", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The markdown file.")
+@_baseline_options
+def report(
+    params_path: Path,
+    metrics_path: Path,
+    history: Path,
+    by_length: Path,
+    run_ref: Path,
+    out: Path,
+    rev: str,
+    baseline_file: Path | None,
+) -> None:
+    """Write a markdown retraining report (gate table, metrics and params diffs, PNG curves, the MLflow run)."""
+    import subprocess
+
+    import pandas as pd
+
+    from seq2seq.files import atomic_write
+    from seq2seq.gate import table
+    from seq2seq.plots import exact_match_by_length, loss_curves
+
+    checks, label = _gate_checks(params_path, metrics_path, rev, baseline_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    loss_png, length_png = out.with_name(f"{out.stem}_loss.png"), out.with_name(f"{out.stem}_by_length.png")
+    loss_curves(pd.read_csv(history).to_dict("records"), loss_png)
+    exact_match_by_length({p.stem: pd.read_csv(p) for p in sorted(by_length.glob("*.csv"))}, length_png)
+
+    def dvc_diff(kind: str) -> str:
+        if baseline_file is not None:
+            return f"(the baseline is {baseline_file}, not a git rev)"
+        shown = subprocess.run(["dvc", kind, "diff", rev, "--md"], capture_output=True, text=True, check=False)
+        return shown.stdout.strip() or shown.stderr.strip() or "no changes"
+
+    run_id = json.loads(run_ref.read_text())["run_id"]
+    from seq2seq import tracking
+
+    tags = tracking.run_tags_of(run_id)
+    experiment = tags.get("dvc_exp_name", "none: dvc repro in the workspace")
+    verdict = "passed" if all(c.ok for c in checks) else "**failed**"
+    page = f"""# Retraining report
+
+- Gate: {verdict} (baseline: {label})
+- MLflow run: `{run_id}` in `{tracking.resolve_tracking_uri()}`
+- DVC experiment: {experiment}
+
+## Gate
+{table(checks)}
+
+## Metrics diff (`dvc metrics diff {rev}`)
+{dvc_diff("metrics")}
+
+## Params diff (`dvc params diff {rev}`)
+{dvc_diff("params")}
+
+## Curves
+![loss curves]({loss_png.name})
+
+![exact match by source length]({length_png.name})
+"""
+    atomic_write(out, lambda tmp: tmp.write_text(page))
+    click.echo(f"report: {out}")
+
+
+def _dump(round_trip, data, io) -> str:
+    buffer = io.StringIO()
+    round_trip.dump(data, buffer)
+    return buffer.getvalue()
+
+
+@main.command("apply-profile")
+@params_option
+@click.argument("profile", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=False)
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="One more override (repeatable).")
+def apply_profile(params_path: Path, profile: Path | None, overrides: tuple[str, ...]) -> None:
+    """Merge a profile (a partial params file) and --set overrides into params.yaml, checked strictly first."""
+    import io
+
+    import yaml
+    from ruamel.yaml import YAML
+
+    from seq2seq.files import atomic_write
+    from seq2seq.params import ParamsError, parse_params
+
+    round_trip = YAML()  # keeps params.yaml's comments and order, as `dvc exp run -S` does
+    merged = round_trip.load(params_path.read_text())
+    changes = yaml.safe_load(profile.read_text()) if profile else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot):
+            raise click.BadParameter(f"{item!r} is not SECTION.KEY=VALUE", param_hint="--set")
+        changes.setdefault(section, {})[name] = yaml.safe_load(value)
+    for section, values in changes.items():
+        if section not in merged or not isinstance(values, dict):
+            raise BadParams(f"{profile or '--set'}: {section}: not a section of {params_path}")
+        merged[section].update(values)
+    try:
+        parse_params(yaml.safe_load(_dump(round_trip, merged, io)))
+    except (ParamsError, ValueError) as err:
+        raise BadParams(f"{params_path} with {profile or 'the overrides'}: {err}") from None
+    atomic_write(params_path, lambda tmp: tmp.write_text(_dump(round_trip, merged, io)))
+    click.echo(f"{params_path}: applied {profile or ''} {' '.join(overrides)}".rstrip())

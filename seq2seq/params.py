@@ -13,6 +13,7 @@ from seq2seq.config import ConfigError, from_mapping, require
 from seq2seq.data import DataConfig
 from seq2seq.evaluation import EvaluateConfig
 from seq2seq.export import ExportConfig
+from seq2seq.gate import GateConfig
 from seq2seq.model import ModelConfig
 from seq2seq.train import TrainConfig
 
@@ -28,6 +29,7 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     export: ExportConfig
+    gate: GateConfig
 
     def flat(self, *sections: str) -> dict[str, Any]:
         """Dotted keys as in params.yaml (`model.hidden_dim`), for MLflow params; all sections by default."""
@@ -41,6 +43,7 @@ SECTIONS = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "export": ExportConfig,
+    "gate": GateConfig,
 }
 
 

@@ -388,3 +388,8 @@ def link_experiments(links: list[dict[str, str]], env: Mapping[str, str] = os.en
             client.set_tag(run_id, "dvc_exp_commit", link["rev"])
             tagged += 1
     return tagged
+
+
+def run_tags_of(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    client, _ = _client(env)
+    return dict(client.get_run(run_id).data.tags)
