@@ -1,0 +1,78 @@
+"""CI retraining: the gate's rule, the gate and report commands, the retraining script end to end on the smoke
+profile, and the GitHub Actions workflow checked by actionlint."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from seq2seq.cli import main
+from seq2seq.gate import GateConfig, check
+from tests.conftest import ROOT
+from tests.helpers import env, run, set_params, tiny_repo
+
+CFG = GateConfig(max_exact_match_drop=0.01, max_bleu_drop=0.02)
+GOOD = {"test": {"exact_match": 0.95, "bleu": 0.97, "loss": 0.1}, "test_long": {"exact_match": 0.4}}
+
+
+def _failures(current, baseline=GOOD):
+    return {c.metric: c.note for c in check(current, baseline, CFG) if not c.ok}
+
+
+def test_gate_rule():
+    assert _failures(GOOD) == {}
+    assert _failures({**GOOD, "test": {**GOOD["test"], "exact_match": 0.945}}) == {}  # within the tolerance
+    degraded = {**GOOD, "test": {**GOOD["test"], "exact_match": 0.90}}
+    assert _failures(degraded) == {"test.exact_match": "dropped by 0.05 > 0.01"}
+    assert _failures({**GOOD, "test": {**GOOD["test"], "bleu": 0.9}}) == {"test.bleu": "dropped by 0.07 > 0.02"}
+    assert _failures({**GOOD, "test": {"exact_match": 0.95, "bleu": 0.97}}) == {"test.loss": "missing"}
+    assert _failures({**GOOD, "test_long": {"exact_match": math.nan}}) == {"test_long.exact_match": "not finite"}
+    assert _failures({**GOOD, "test": {**GOOD["test"], "loss": 5.0}}) == {}  # no tolerance on loss: presence only
+    assert _failures(GOOD, baseline=None) == {}  # a first run: nothing to fall behind
+    assert _failures({}, baseline=None) == {"test.exact_match": "missing", "test.bleu": "missing"}
+
+
+def test_gate_command_exit_codes(tmp_path, default_params):
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(default_params))
+    baseline, current = tmp_path / "baseline.json", tmp_path / "eval.json"
+    baseline.write_text(json.dumps(GOOD))
+    current.write_text(json.dumps(GOOD))
+    args = ["gate", "--params", str(params), "--metrics", str(current), "--baseline-file", str(baseline)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "gate passed" in result.output
+    current.write_text(json.dumps({**GOOD, "test": {**GOOD["test"], "exact_match": float("nan")}}))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "| test.exact_match | 0.95 | nan |" in result.output and "FAIL" in result.output
+
+
+def test_workflow_passes_actionlint():
+    workflow = ROOT / ".github" / "workflows" / "retrain.yml"
+    result = subprocess.run(["actionlint", str(workflow)], env=env(), capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_retrain_script_on_the_smoke_profile(tmp_path):
+    repo = tiny_repo(tmp_path)
+    out = run(["bash", ".ci/retrain"], repo, PROFILE="smoke", UPDATE_BASELINE="1", SETUP="0")
+    assert "gate passed" in out
+    page = (repo / "reports" / "retrain.md").read_text()
+    run_id = json.loads((repo / "models" / "export" / "mlflow_run.json").read_text())["run_id"]
+    assert f"MLflow run: `{run_id}`" in page and "| test.exact_match |" in page
+    for image in ("retrain_loss.png", "retrain_by_length.png"):
+        assert f"]({image})" in page and (repo / "reports" / image).read_bytes()[:4] == b"\x89PNG"
+
+    # A degraded model (one epoch) fails the gate against that baseline.
+    set_params(repo, train={"max_epochs": 1})
+    run(["dvc", "repro"], repo)
+    gate = ["seq2seq", "gate", "--params", "params.yaml", "--metrics", "metrics/eval.json"]
+    out = run([*gate, "--baseline-file", "profiles/smoke.baseline.json"], repo, expect=1)
+    assert "FAIL" in out and "test.exact_match dropped by" in out
