@@ -59,7 +59,8 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
     logged = client.get_run(ref["run_id"])
     assert logged.info.status == "FINISHED"
     # One run holds every stage: the params of all sections, train's curves, evaluate's and export's results.
-    assert logged.data.params == {k: str(v) for k, v in load_params(repo / "params.yaml").flat().items()}
+    pipeline_params = load_params(repo / "params.yaml").flat("data", "model", "train", "evaluate", "export")
+    assert logged.data.params == {k: str(v) for k, v in pipeline_params.items()}
     assert {f"stage.{s}" for s in ("train", "evaluate", "export")} <= set(logged.data.tags)
     assert {"test_exact_match", "test_long_exact_match", "test_bleu", "test_perplexity"} <= set(logged.data.metrics)
     epochs = json.loads((repo / "metrics" / "train.json").read_text())["epochs_run"]
