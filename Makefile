@@ -51,7 +51,7 @@ ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1:$(PORT)
 promote: $(STAMP)  ## register the last exported model; make it champion if it beats the current one
 	seq2seq promote --run-ref models/export/mlflow_run.json
 
-retrain:  ## what CI does: setup, dvc repro --no-run-cache, gate, report (PROFILE=smoke, PROMOTE=1, OVERRIDES=...)
+retrain:  ## what CI does: setup, dvc repro --force --no-run-cache, gate, report (PROFILE=smoke, PROMOTE=1, OVERRIDES=...)
 	PROFILE="$(PROFILE)" PROMOTE="$(PROMOTE)" OVERRIDES="$(OVERRIDES)" bash .ci/retrain
 
 sweep: $(STAMP)  ## a 2x2 grid (train.lr x model.hidden_dim) through the DVC queue, JOBS at a time; link, compare
