@@ -33,6 +33,19 @@ def params_option(func):
     )(func)
 
 
+def input_path(flag: str, dest: str, directory: bool = False):
+    """A required option naming an existing file (or folder) that a stage reads; dvc.yaml passes the path."""
+    kind = click.Path(path_type=Path, exists=True, file_okay=not directory, dir_okay=directory)
+    return click.option(flag, dest, type=kind, required=True)
+
+
+def output_path(flag: str, dest: str, directory: bool = False):
+    """A required option naming a file (or folder) that a stage writes; dvc.yaml passes the path."""
+    return click.option(
+        flag, dest, type=click.Path(path_type=Path, file_okay=not directory, dir_okay=directory), required=True
+    )
+
+
 @click.group()
 def main() -> None:
     """Seq2Seq pipeline tools. The pipeline itself runs with `dvc repro`."""

@@ -11,7 +11,7 @@ import click
 
 from seq2seq import tracking
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.cli import load_params_or_exit, params_option
+from seq2seq.cli import input_path, load_params_or_exit, output_path, params_option
 from seq2seq.data import encode_split, read_split
 from seq2seq.evaluation import attention_samples, evaluate
 from seq2seq.files import atomic_dir, write_json
@@ -23,12 +23,12 @@ SPLITS = ("test", "test_long")
 
 @click.command()
 @params_option
-@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--run-ref", "run_ref", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--out-run-ref", "out_run_ref", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--by-length", "by_length_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@input_path("--data", "data_dir", directory=True)
+@input_path("--checkpoint", "checkpoint_path")
+@input_path("--run-ref", "run_ref")
+@output_path("--out-run-ref", "out_run_ref")
+@output_path("--metrics", "metrics_path")
+@output_path("--by-length", "by_length_dir", directory=True)
 def main(
     params_path: Path,
     data_dir: Path,

@@ -11,7 +11,7 @@ import click
 
 from seq2seq import tracking
 from seq2seq.checkpoint import load_checkpoint
-from seq2seq.cli import load_params_or_exit, params_option
+from seq2seq.cli import input_path, load_params_or_exit, output_path, params_option
 from seq2seq.export import model_card, write_export
 from seq2seq.files import atomic_dir
 
@@ -20,11 +20,11 @@ RUN_REF_FILE = "mlflow_run.json"
 
 @click.command()
 @params_option
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--run-ref", "run_ref", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--train-metrics", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--eval-metrics", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@input_path("--checkpoint", "checkpoint_path")
+@input_path("--run-ref", "run_ref")
+@input_path("--train-metrics", "train_metrics")
+@input_path("--eval-metrics", "eval_metrics")
+@output_path("--out", "out_dir", directory=True)
 def main(
     params_path: Path, checkpoint_path: Path, run_ref: Path, train_metrics: Path, eval_metrics: Path, out_dir: Path
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from seq2seq.cli import BadParams, load_params_or_exit, params_option
+from seq2seq.cli import BadParams, load_params_or_exit, output_path, params_option
 from seq2seq.config import ConfigError
 from seq2seq.data import build_vocab, generate_splits, length_histogram, write_dataset
 from seq2seq.files import atomic_dir, atomic_write, write_json
@@ -15,9 +15,9 @@ from seq2seq.files import atomic_dir, atomic_write, write_json
 
 @click.command()
 @params_option
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True)
-@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--lengths", "lengths_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@output_path("--out", "out_dir", directory=True)
+@output_path("--metrics", "metrics_path")
+@output_path("--lengths", "lengths_path")
 def main(params_path: Path, out_dir: Path, metrics_path: Path, lengths_path: Path) -> None:
     cfg = load_params_or_exit(params_path).data
     try:

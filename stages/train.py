@@ -20,7 +20,7 @@ import torch
 
 from seq2seq import tracking
 from seq2seq.checkpoint import load_train_state, save_checkpoint, save_train_state
-from seq2seq.cli import load_params_or_exit, params_option
+from seq2seq.cli import input_path, load_params_or_exit, output_path, params_option
 from seq2seq.data import dataset_digest, encode_split, read_split, read_vocab
 from seq2seq.files import atomic_write, write_json
 from seq2seq.model import Seq2Seq
@@ -48,13 +48,13 @@ def resumable(state_path: Path, expected: str) -> dict | None:
 
 @click.command()
 @params_option
-@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--run-ref", "run_ref_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--metrics", "metrics_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--timing", "timing_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
-@click.option("--history", "history_path", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@input_path("--data", "data_dir", directory=True)
+@output_path("--checkpoint", "checkpoint_path")
+@output_path("--state", "state_path")
+@output_path("--run-ref", "run_ref_path")
+@output_path("--metrics", "metrics_path")
+@output_path("--timing", "timing_path")
+@output_path("--history", "history_path")
 def main(
     params_path: Path,
     data_dir: Path,
