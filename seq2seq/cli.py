@@ -46,6 +46,16 @@ def output_path(flag: str, dest: str, directory: bool = False):
     )
 
 
+def command_line(script: str) -> list[str]:
+    """The current click command's options as a command line for `script` (to run it again, e.g. under torchrun)."""
+    ctx = click.get_current_context()
+    argv = [script]
+    for param in ctx.command.params:
+        if isinstance(param, click.Option) and ctx.params.get(param.name) is not None:
+            argv += [param.opts[0], str(ctx.params[param.name])]
+    return argv
+
+
 @click.group()
 def main() -> None:
     """Seq2Seq pipeline tools. The pipeline itself runs with `dvc repro`."""

@@ -18,8 +18,10 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
+from seq2seq import distributed
 from seq2seq.config import require
 from seq2seq.data import Encoded
+from seq2seq.distributed import SINGLE, Context
 from seq2seq.metrics import exact_matches, token_matches
 from seq2seq.model import Seq2Seq, sequence_loss
 
@@ -43,10 +45,13 @@ class TrainConfig:
     patience: int  # epochs without a val-loss improvement of min_delta before stopping
     min_delta: float
     system_metrics: bool  # sample CPU/memory/GPU usage into the MLflow run
+    nproc: int  # > 1: data-parallel over this many processes via torchrun; batch_size stays the global batch
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.nproc >= 1, "nproc", f"must be >= 1, got {self.nproc}")
+        require(self.batch_size >= self.nproc, "batch_size", f"must be >= nproc ({self.nproc}), got {self.batch_size}")
         require(self.max_epochs >= 1, "max_epochs", f"must be >= 1, got {self.max_epochs}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0 < self.lr_final_ratio <= 1, "lr_final_ratio", f"must be in (0, 1], got {self.lr_final_ratio}")
@@ -130,13 +135,19 @@ def _autocast(device: torch.device, bf16: bool):
 
 
 @torch.no_grad()
-def evaluate_split(model: Seq2Seq, data: Encoded, batch_size: int, device: torch.device, bf16: bool = False):
-    """Teacher-forced loss and greedy-decoding token accuracy / exact match over a whole split."""
+def evaluate_split(
+    model: Seq2Seq, data: Encoded, batch_size: int, device: torch.device, bf16: bool = False, ctx: Context = SINGLE
+):
+    """Teacher-forced loss and greedy-decoding token accuracy / exact match over a whole split.
+
+    Under data parallelism each process evaluates its own contiguous share and the sums are added up.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = tokens = exact = torch.zeros((), dtype=torch.long, device=device)
-    for start in range(0, len(data), batch_size):
-        src, src_len, tgt = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+    share = torch.arange(len(data)).tensor_split(ctx.world)[ctx.rank]
+    for start in range(0, len(share), batch_size):
+        src, src_len, tgt = data.batch(share[start : start + batch_size])
         src, tgt = src.to(device), tgt.to(device)
         with _autocast(device, bf16):
             logits = model(src, src_len, tgt[:, :-1])  # (B, T, V)
@@ -146,11 +157,12 @@ def evaluate_split(model: Seq2Seq, data: Encoded, batch_size: int, device: torch
         hit, count = token_matches(pred, tgt[:, 1:], model.pad_id)
         correct, tokens = correct + hit.sum(), tokens + count.sum()
         exact = exact + exact_matches(pred, tgt[:, 1:], model.pad_id).sum()
-    n_tokens = tokens.item()
+    sums = distributed.sum_(torch.stack([loss_sum.double(), correct.double(), tokens.double(), exact.double()]), ctx)
+    loss_total, correct_total, n_tokens, exact_total = sums.tolist()
     return {
-        "loss": loss_sum.item() / n_tokens,
-        "token_acc": correct.item() / n_tokens,
-        "exact_match": exact.item() / len(data),
+        "loss": loss_total / n_tokens,
+        "token_acc": correct_total / n_tokens,
+        "exact_match": exact_total / len(data),
     }
 
 
@@ -167,25 +179,36 @@ def fit(
     log: Callable[[int, dict[str, float]], None],
     save_state: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    ctx: Context = SINGLE,
 ) -> FitResult:
     """Train `model` (already on `device`) until max_epochs or early stopping.
 
     After every epoch, `save_state` receives everything needed to continue (weights, optimizer, RNG states, early
     stopping, history); `fit(..., resume=that_state)` continues from it exactly, so on the CPU a killed and
     resumed run ends with the same weights and metrics as one that was never interrupted.
+
+    Under data parallelism (`ctx.world > 1`, every process calls `fit`) each global batch of `cfg.batch_size` is
+    split across the processes and the loss is weighted so that the averaged gradient is the one of the whole
+    batch's token mean; every process validates its share of `val`, so all of them take the same early-stopping
+    decision. Pass `log` and `save_state` on rank 0 only.
     """
+    stepper = model
+    if ctx.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        # DDP broadcasts rank 0's weights now and averages the gradients inside backward().
+        stepper = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stopper = EarlyStopping(cfg.patience, cfg.min_delta)
     shuffle = torch.Generator()
     result = FitResult()
     if resume is None:
-        torch.manual_seed(cfg.seed)
-        shuffle.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ between processes, as they would in one batch
+        shuffle.manual_seed(cfg.seed)  # the same order everywhere: every process splits the same global batch
         first_epoch = 1
     else:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
+        torch.set_rng_state(resume["torch_rng"] if not ctx.distributed else resume["torch_rng_by_rank"][ctx.rank])
         shuffle.set_state(resume["shuffle_rng"])
         stopper = EarlyStopping(**resume["stopper"])
         result = FitResult(resume["history"], resume["best_epoch"], resume["best_model"])
@@ -206,14 +229,26 @@ def fit(
         first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         order = torch.randperm(len(train), generator=shuffle)
         starts = range(0, len(train), cfg.batch_size)
-        for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=not show_progress())):
-            src, src_len, tgt = train.batch(order[start : start + cfg.batch_size])
+        quiet = not show_progress() or not ctx.is_main
+        steps_taken = 0
+        for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=quiet)):
+            index = order[start : start + cfg.batch_size]
+            weight = 1.0
+            if ctx.distributed:
+                if len(index) < ctx.world:
+                    continue  # a last batch too small to split: skipped by every process alike
+                batch_tokens = int((train.tgt_len[index] - 1).sum())  # the global batch's target tokens
+                index = index.tensor_split(ctx.world)[ctx.rank]
+                # DDP averages gradients over processes; weighting each local token mean by its share of the
+                # tokens makes that average the gradient of the global batch's token mean.
+                weight = float((train.tgt_len[index] - 1).sum()) * ctx.world / batch_tokens
+            src, src_len, tgt = train.batch(index)
             src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, cfg.bf16):
-                logits = model(src, src_len, tgt[:, :-1], teacher_forcing=tf)  # (B, T, V)
+                logits = stepper(src, src_len, tgt[:, :-1], teacher_forcing=tf)  # (B, T, V)
                 loss = sequence_loss(logits, tgt[:, 1:], model.pad_id)
-            loss.backward()
+            (loss * weight if ctx.distributed else loss).backward()
             # Clip by global norm: an LSTM's gradient can explode on an unlucky batch, and one huge Adam step
             # would undo many good ones. The returned norm is the one before clipping, which is what we log.
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -223,21 +258,25 @@ def fit(
             n = (tgt[:, 1:] != model.pad_id).sum()
             loss_sum += loss.detach() * n
             norm_sum += norm
+            steps_taken += 1
             n_tokens += n
         # --- once per epoch: health check, validation, state, log ---
         elapsed = time.perf_counter() - started
+        distributed.sum_(loss_sum, ctx)
+        distributed.sum_(n_tokens, ctx)
+        distributed.max_(first_bad_step, ctx)
         if (bad_step := int(first_bad_step)) > 0:
             raise NonFiniteError(
                 f"epoch {epoch}, step {bad_step}: the loss or the gradient norm is not finite; stopping without "
                 "saving this epoch (try a lower train.lr or train.clip)"
             )
-        val_metrics = evaluate_split(model, val, cfg.batch_size, device, cfg.bf16)
+        val_metrics = evaluate_split(model, val, cfg.batch_size, device, cfg.bf16, ctx)
         row = {
             "train_loss": loss_sum.item() / n_tokens.item(),
             "val_loss": val_metrics["loss"],
             "val_token_acc": val_metrics["token_acc"],
             "val_exact_match": val_metrics["exact_match"],
-            "grad_norm": norm_sum.item() / len(starts),
+            "grad_norm": norm_sum.item() / steps_taken,
             "lr": lr,
             "teacher_forcing": tf,
             "tokens_per_s": n_tokens.item() / elapsed,
@@ -248,13 +287,15 @@ def fit(
             result.best_epoch, result.best_state = epoch, _cpu_copy(model.state_dict())
         result.stopped_early = stopper.should_stop
         log(epoch, row)  # before the state: a kill between the two repeats this epoch rather than losing it
+        rng_by_rank = distributed.gather(torch.get_rng_state(), ctx)  # a collective: every process takes part
         if save_state is not None:
             save_state(
                 {
                     "epoch": epoch,
                     "model": _cpu_copy(model.state_dict()),
                     "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
+                    "torch_rng": rng_by_rank[0],
+                    "torch_rng_by_rank": rng_by_rank,
                     "shuffle_rng": shuffle.get_state(),
                     "stopper": asdict(stopper),
                     "history": result.history,

@@ -5,6 +5,9 @@ lists the run id) and the resumable training state.
 Opens the pipeline's MLflow run; later stages append to it. The training state is saved after every epoch to a
 `persist` output: after a kill, `dvc repro` resumes from the last complete epoch, in the same MLflow run.
 (`persist` also keeps this stage out of DVC's run-cache, so every execution trains and logs a run.)
+
+With `train.nproc > 1` the stage re-launches itself under torchrun (seq2seq/distributed.py); every process trains
+its share of each batch, and rank 0 alone writes the outputs and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ import click
 import pandas as pd
 import torch
 
-from seq2seq import tracking
+from seq2seq import distributed, tracking
 from seq2seq.checkpoint import load_train_state, save_checkpoint, save_train_state
-from seq2seq.cli import input_path, load_params_or_exit, output_path, params_option
+from seq2seq.cli import command_line, input_path, load_params_or_exit, output_path, params_option
 from seq2seq.data import dataset_digest, encode_split, read_split, read_vocab
 from seq2seq.files import atomic_write, write_json
 from seq2seq.model import Seq2Seq
 from seq2seq.params import Params
 from seq2seq.plots import loss_curves
-from seq2seq.train import NonFiniteError, fit, resolve_device
+from seq2seq.train import FitResult, NonFiniteError, fit, resolve_device
 
 # Timing varies run to run; it goes to MLflow and the timing file so that the metrics file stays byte-identical.
 TIMING_KEYS = ("tokens_per_s", "epoch_time_s")
@@ -70,6 +73,43 @@ def main(
         device = resolve_device(params.train.device)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
+    if params.train.nproc > 1 and not distributed.launched():
+        # Does not return: torchrun runs this same command nproc times.
+        distributed.relaunch(params.train.nproc, command_line(__file__))
+    ctx, device = distributed.init(device)
+    try:
+        outputs = (checkpoint_path, state_path, run_ref_path, metrics_path, timing_path, history_path)
+        train(params, params_path, data_dir, device, ctx, *outputs)
+    finally:
+        distributed.shutdown()
+
+
+def run_fit(model: Seq2Seq, train_set, val_set, params: Params, device: torch.device, **kwargs) -> FitResult:
+    """`fit`, with its failures turned into one-line errors (a click exit 1, no traceback)."""
+    try:
+        return fit(model, train_set, val_set, params.train, device, **kwargs)
+    except NonFiniteError as err:
+        raise click.ClickException(str(err)) from None
+    except torch.OutOfMemoryError:
+        raise click.ClickException(
+            f"out of memory on {device} at train.batch_size={params.train.batch_size}: "
+            "lower train.batch_size (or model sizes) and run again"
+        ) from None
+
+
+def train(
+    params: Params,
+    params_path: Path,
+    data_dir: Path,
+    device: torch.device,
+    ctx: distributed.Context,
+    checkpoint_path: Path,
+    state_path: Path,
+    run_ref_path: Path,
+    metrics_path: Path,
+    timing_path: Path,
+    history_path: Path,
+) -> None:
     vocab = read_vocab(data_dir)
     train_set = encode_split(read_split(data_dir, "train"), vocab)
     val_set = encode_split(read_split(data_dir, "val"), vocab)
@@ -78,6 +118,9 @@ def main(
     state = resumable(state_path, expected)
     torch.manual_seed(params.train.seed)  # the weight init is part of the seeded run
     model = Seq2Seq(params.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id).to(device)
+    if not ctx.is_main:  # a helper process: trains its share, writes nothing, logs nothing
+        run_fit(model, train_set, val_set, params, device, log=lambda epoch, row: None, resume=state, ctx=ctx)
+        return
 
     run_context = tracking.reopen_run(state["run_id"], "train") if state else tracking.start_run("train")
     with run_context as run:
@@ -86,7 +129,7 @@ def main(
             run.set_tags({"resumed_after_epoch": str(state["epoch"])})
         else:
             run.log_params(params.flat(*SECTIONS))
-            run.set_tags({"data_digest": digest, "device": str(device)})
+            run.set_tags({"data_digest": digest, "device": str(device), "processes": str(ctx.world)})
             run.log_artifact(params_path)
         run.write_reference(run_ref_path)
         last_state: dict = {}
@@ -100,15 +143,9 @@ def main(
             click.echo(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), err=True)
 
         with run.system_metrics(params.train.system_metrics):
-            try:
-                result = fit(model, train_set, val_set, params.train, device, log, save_state, resume=state)
-            except NonFiniteError as err:
-                raise click.ClickException(str(err)) from None
-            except torch.OutOfMemoryError:
-                raise click.ClickException(
-                    f"out of memory on {device} at train.batch_size={params.train.batch_size}: "
-                    "lower train.batch_size (or model sizes) and run again"
-                ) from None
+            result = run_fit(
+                model, train_set, val_set, params, device, log=log, save_state=save_state, resume=state, ctx=ctx
+            )
 
         best = result.history[result.best_epoch - 1]
         summary = {k: v for k, v in best.items() if k not in TIMING_KEYS}

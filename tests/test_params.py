@@ -24,6 +24,8 @@ BAD_CASES = [
     ("train", "tf_end", 1.5, "train.tf_end: must be in [0, tf_start]"),
     ("train", "bf16", "yes", "train.bf16: must be true or false"),
     ("train", "patience", 0, "train.patience: must be >= 1"),
+    ("train", "nproc", 0, "train.nproc: must be >= 1"),
+    ("train", "nproc", 128, "train.batch_size: must be >= nproc (128)"),
     ("model", "dropout", 1.0, "model.dropout: must be in [0, 1)"),
     ("model", "dropout", -0.1, "model.dropout: must be in [0, 1)"),
     ("model", "hidden_dim", 0, "model.hidden_dim: must be >= 1"),

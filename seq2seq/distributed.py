@@ -1,0 +1,94 @@
+"""Data-parallel training through torchrun: launching, the process group, and the few collectives `fit` needs.
+
+`train.nproc > 1` makes the train stage re-launch itself under `torchrun --standalone` (one machine, `nproc`
+processes; gloo on the CPU, nccl on GPUs, one GPU per process). `train.batch_size` stays the *global* batch: each
+optimizer step splits one batch across the processes and DistributedDataParallel averages their gradients, so the
+hyperparameters mean the same thing at any `nproc`. Only rank 0 writes outputs and talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: rank 0 of 1 when training runs in a single process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Context()
+
+
+def launched() -> bool:
+    """True inside a process started by torchrun."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """The command that runs this same script and arguments as `nproc` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *argv]
+
+
+def relaunch(nproc: int, argv: list[str]) -> None:
+    """Replace this process with torchrun running the script and arguments `argv` as `nproc` workers."""
+    # Split the cores between the workers (torchrun's default of 1 thread each wastes the rest, and warns).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = torchrun_command(nproc, argv)
+    os.execv(command[0], command)
+
+
+def init(device: torch.device) -> tuple[Context, torch.device]:
+    """Join the process group when launched by torchrun; returns this process's context and device."""
+    if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
+        return SINGLE, device
+    ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ctx, device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The elementwise sum of `tensor` over all processes (in place; a no-op in a single process)."""
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def max_(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def gather(value: Any, ctx: Context) -> list[Any]:
+    """Every process's `value`, in rank order (a one-element list in a single process)."""
+    if not ctx.distributed:
+        return [value]
+    out: list[Any] = [None] * ctx.world
+    dist.all_gather_object(out, value)
+    return out
