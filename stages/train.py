@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
+import sys
 import tempfile
 from pathlib import Path
 
@@ -34,6 +36,15 @@ from seq2seq.train import FitResult, NonFiniteError, fit, resolve_device
 # Timing varies run to run; it goes to MLflow and the timing file so that the metrics file stays byte-identical.
 TIMING_KEYS = ("tokens_per_s", "epoch_time_s")
 SECTIONS = ("data", "model", "train")
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (and the device's peak allocation on CUDA), in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"peak_rss_mib": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    if device.type == "cuda":
+        peak["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
 
 
 def fingerprint(params: Params, data_digest: str) -> str:
@@ -156,11 +167,13 @@ def train(
         write_json(metrics_path, summary)
         total_s = sum(row["epoch_time_s"] for row in result.history)
         tokens = sum(row["tokens_per_s"] * row["epoch_time_s"] for row in result.history)
-        write_json(timing_path, {"train_time_s": total_s, "tokens_per_s": tokens / total_s, "device": str(device)})
+        timing = {"train_time_s": total_s, "tokens_per_s": tokens / total_s, "device": str(device)}
+        peak = peak_memory(device)
+        write_json(timing_path, {**timing, "processes": ctx.world, **peak})
         columns = [k for k in result.history[0] if k not in TIMING_KEYS]
         history = pd.DataFrame(result.history)[columns]
         atomic_write(history_path, lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
-        run.log_metrics({f"best_{k}": v for k, v in summary.items()})
+        run.log_metrics({f"best_{k}": v for k, v in summary.items()} | peak)
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "loss_curves.png"
             loss_curves(result.history, png)
