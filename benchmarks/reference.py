@@ -46,6 +46,27 @@ class ReferenceSeq2Seq(nn.Module):
         return torch.stack(outputs)  # (T-1, B, V)
 
     @torch.no_grad()
+    def greedy(self, src: torch.Tensor, max_len: int, bos_id: int, eos_id: int, pad_id: int) -> torch.Tensor:
+        """Greedy decoding by the same per-step math (the seed has none): src (S, B) -> tokens (B, <=max_len),
+        <pad> after each sequence's <eos>. Like the seed, it attends to padding too."""
+        enc_out, (hidden, cell) = self.enc_lstm(self.enc_embedding(src))  # (S, B, H)
+        token = torch.full((src.shape[1],), bos_id, dtype=torch.long)  # (B,)
+        finished = torch.zeros_like(token, dtype=torch.bool)
+        tokens = []
+        for _ in range(max_len):
+            weights = self.attention(hidden, enc_out).unsqueeze(1)  # (B, 1, S)
+            context = torch.bmm(weights, enc_out.permute(1, 0, 2)).permute(1, 0, 2)  # (1, B, H)
+            step_in = torch.cat((self.dec_embedding(token.unsqueeze(0)), context), dim=2)  # (1, B, E + H)
+            output, (hidden, cell) = self.dec_lstm(step_in, (hidden, cell))
+            logits = self.fc_out(torch.cat((output.squeeze(0), context.squeeze(0)), dim=1))  # (B, V)
+            token = logits.argmax(-1).masked_fill(finished, pad_id)
+            tokens.append(token)
+            finished = finished | (token == eos_id)
+            if bool(finished.all()):
+                break
+        return torch.stack(tokens, 1)
+
+    @torch.no_grad()
     def load_from(self, model: Seq2Seq) -> ReferenceSeq2Seq:
         """Copy the project model's weights into the seed's layout (the attention Linear is split there)."""
         enc, dec = model.encoder, model.decoder

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
+import io
 import json
 import logging
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
@@ -115,11 +120,11 @@ class Run:
 
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, at_ms: int | None = None) -> None:
         """One batched call per epoch: 20 single log_metric calls cost 10x one log_batch."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = at_ms or int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
@@ -262,6 +267,198 @@ def reopen_run(run_id: str, stage: str, env: Mapping[str, str] = os.environ) -> 
     with _lifecycle(client, run_id):
         yield run
         run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
+
+
+class HelperRun:
+    """The train stage's view of a run that a helper process logs (see `run_in_helper`): the same methods as
+    `Run`, but each only sends a message, so training never waits on MLflow."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self._process = process
+        self._ready: tuple | None = None
+        self._files = Path(tempfile.mkdtemp(prefix="seq2seq-artifacts-"))
+
+    def _send(self, *message: Any) -> None:
+        pickle.dump(message, self._process.stdin)
+        self._process.stdin.flush()
+
+    def _wait_ready(self) -> tuple:
+        if self._ready is None:
+            try:
+                self._ready = pickle.load(self._process.stdout)
+            except EOFError:
+                self._ready = ("error", "the MLflow helper process exited before opening the run")
+        if self._ready[0] == "error":
+            raise RuntimeError(f"MLflow: {self._ready[1]}")
+        return self._ready
+
+    @property
+    def run_id(self) -> str:
+        """Waits for the helper to have opened the run (it has, long before the first epoch ends)."""
+        return self._wait_ready()[1]
+
+    @property
+    def experiment_id(self) -> str:
+        return self._wait_ready()[2]
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._send("log_params", {k: str(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._send("log_metrics", {k: float(v) for k, v in metrics.items()}, step, int(time.time() * 1000))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._send("set_tags", {k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Logs the file as it is now: a copy is taken, so the caller may change or delete it at once."""
+        copy = self._files / str(len(list(self._files.iterdir()))) / Path(path).name
+        copy.parent.mkdir()
+        shutil.copy2(path, copy)
+        self._send("log_artifact", str(copy), artifact_path)
+
+    def log_plot(self, plotter: str, data: Any, file_name: str, artifact_path: str | None = None) -> None:
+        """Draw `plotter` ("module:function", called as function(data, path)) in the helper and log the file:
+        the plotting library is imported there, never in the training process."""
+        self._send("log_plot", plotter, data, file_name, artifact_path)
+
+    def write_reference(self, path: Path) -> None:
+        Run.write_reference(self, path)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def system_metrics(self, enabled: bool) -> Iterator[None]:
+        if enabled:
+            self._send("system_metrics", True)
+        try:
+            yield
+        finally:
+            if enabled:
+                self._send("system_metrics", False)
+
+    def close(self, status: str) -> str | None:
+        """Ask the helper to close the run as `status`; returns the first error it met, if any."""
+        with contextlib.suppress(BrokenPipeError):
+            self._send("close", status)
+        output, _ = self._process.communicate(timeout=600)
+        shutil.rmtree(self._files, ignore_errors=True)
+        replies = io.BytesIO(output)
+        messages = []
+        with contextlib.suppress(EOFError):
+            while True:
+                messages.append(pickle.load(replies))
+        if self._ready is None and messages:
+            self._ready = messages.pop(0)
+        if self._ready is None or self._ready[0] == "error":
+            return self._ready[1] if self._ready else f"the MLflow helper exited with {self._process.returncode}"
+        closed = messages[0] if messages else ("closed", f"the MLflow helper exited with {self._process.returncode}")
+        return closed[1]
+
+
+@contextlib.contextmanager
+def run_in_helper(
+    stage: str, run_id: str | None = None, env: Mapping[str, str] = os.environ, preload: tuple[str, ...] = ()
+) -> Iterator[HelperRun]:
+    """`start_run(stage)`, or `reopen_run(run_id, stage)`, carried out by a helper process.
+
+    Importing MLflow and opening a SQLite store costs about 2 s of Python; in the training process that would be
+    several percent of a short training run, and a logging thread would fight the training loop for the GIL. The
+    helper does it on another core while this process trains; this process only sends it messages. The run
+    closes as FINISHED, FAILED or KILLED like start_run's; if this process dies (SIGKILL), the helper sees its
+    input close and marks the run KILLED, so no run is left RUNNING. `preload`: modules the helper imports while
+    it waits (those of `log_plot` plotters), so that closing the run does not wait for them.
+    """
+    # os._exit: the helper has replied and flushed; tearing down MLflow's modules would only delay the trainer.
+    serve = "from seq2seq.tracking import _serve; _serve(); import os, sys; sys.stderr.flush(); os._exit(0)"
+    command = [sys.executable, "-c", serve]
+    # The helper resolves the store from `env` alone, with this process's environment for the rest (PATH, HOME).
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | dict(env)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)
+    run = HelperRun(process)
+    run._send("open", stage, run_id, preload)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    status, error = "FINISHED", None
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        error = run.close(status)
+    if error:
+        raise RuntimeError(f"MLflow logging failed: {error}")
+
+
+class _Closed(Exception):
+    """The training process asked to close the run as FAILED."""
+
+
+def _serve() -> None:
+    """The helper process of `run_in_helper`: pickled messages in on stdin, replies out on stdout."""
+    inbox, outbox = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything MLflow prints goes to stderr; stdout carries the replies
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the trainer, which tells us how to close
+
+    def reply(*message: Any) -> None:
+        pickle.dump(message, outbox)
+        outbox.flush()
+
+    _, stage, run_id, preload = pickle.load(inbox)
+    error = None
+    try:
+        opened = reopen_run(run_id, stage) if run_id else start_run(stage)
+        run = opened.__enter__()
+    except Exception as err:  # a wrong URI, an unreachable server: the trainer raises it at its next wait
+        reply("error", f"{type(err).__name__}: {err}")
+        return
+    reply("ready", run.run_id, run.experiment_id)
+    for module in preload:
+        importlib.import_module(module)
+    monitor = contextlib.ExitStack()
+    status = "KILLED"  # unless the trainer says otherwise: its input closing means it died
+    try:
+        while True:
+            try:
+                kind, *args = pickle.load(inbox)
+            except EOFError:
+                break
+            if kind == "close":
+                status = args[0]
+                break
+            try:
+                if kind == "log_plot":
+                    plotter, data, file_name, artifact_path = args
+                    module, function = plotter.split(":")
+                    with tempfile.TemporaryDirectory() as tmp:
+                        getattr(importlib.import_module(module), function)(data, Path(tmp) / file_name)
+                        run.log_artifact(Path(tmp) / file_name, artifact_path)
+                elif kind == "system_metrics":
+                    if args[0]:
+                        monitor.enter_context(run.system_metrics(True))
+                    else:
+                        monitor.close()
+                elif kind == "log_artifact":
+                    run.log_artifact(Path(args[0]), args[1])
+                else:
+                    getattr(run, kind)(*args)
+            except Exception as err:  # keep logging the rest; the first error is reported at close
+                error = error or f"{kind}: {type(err).__name__}: {err}"
+    finally:
+        monitor.close()
+        outcome = {"FINISHED": None, "FAILED": _Closed(), "KILLED": KeyboardInterrupt()}[status]
+        try:
+            if outcome is None:
+                opened.__exit__(None, None, None)
+            else:
+                with contextlib.suppress(type(outcome)):
+                    opened.__exit__(type(outcome), outcome, None)
+        except Exception as err:
+            error = error or f"closing the run: {type(err).__name__}: {err}"
+        with contextlib.suppress(BrokenPipeError):  # the trainer may be gone (killed): nobody to tell
+            reply("closed", error)
 
 
 def experiment_id_of(env: Mapping[str, str] = os.environ) -> str:

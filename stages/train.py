@@ -16,7 +16,6 @@ import hashlib
 import json
 import resource
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -30,7 +29,6 @@ from seq2seq.data import dataset_digest, encode_split, read_split, read_vocab
 from seq2seq.files import atomic_write, write_json
 from seq2seq.model import Seq2Seq
 from seq2seq.params import Params
-from seq2seq.plots import loss_curves
 from seq2seq.train import FitResult, NonFiniteError, fit, resolve_device
 
 # Timing varies run to run; it goes to MLflow and the timing file so that the metrics file stays byte-identical.
@@ -133,16 +131,17 @@ def train(
         run_fit(model, train_set, val_set, params, device, log=lambda epoch, row: None, resume=state, ctx=ctx)
         return
 
-    run_context = tracking.reopen_run(state["run_id"], "train") if state else tracking.start_run("train")
-    with run_context as run:
+    # MLflow runs in a helper process: importing it and opening the store would otherwise cost this process
+    # several percent of a default-profile training (see benchmarks/logging_overhead.py).
+    run_id = state["run_id"] if state else None
+    with tracking.run_in_helper("train", run_id=run_id, preload=("seq2seq.plots",)) as run:
         if state:
-            click.echo(f"resuming after epoch {state['epoch']} (MLflow run {run.run_id})", err=True)
+            click.echo(f"resuming after epoch {state['epoch']} (MLflow run {state['run_id']})", err=True)
             run.set_tags({"resumed_after_epoch": str(state["epoch"])})
         else:
             run.log_params(params.flat(*SECTIONS))
             run.set_tags({"data_digest": digest, "device": str(device), "processes": str(ctx.world)})
             run.log_artifact(params_path)
-        run.write_reference(run_ref_path)
         last_state: dict = {}
 
         def save_state(epoch_state: dict) -> None:
@@ -157,6 +156,7 @@ def train(
             result = run_fit(
                 model, train_set, val_set, params, device, log=log, save_state=save_state, resume=state, ctx=ctx
             )
+        run.write_reference(run_ref_path)
 
         best = result.history[result.best_epoch - 1]
         summary = {k: v for k, v in best.items() if k not in TIMING_KEYS}
@@ -174,10 +174,7 @@ def train(
         history = pd.DataFrame(result.history)[columns]
         atomic_write(history_path, lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
         run.log_metrics({f"best_{k}": v for k, v in summary.items()} | peak)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "loss_curves.png"
-            loss_curves(result.history, png)
-            run.log_artifact(png, "plots")
+        run.log_plot("seq2seq.plots:loss_curves", result.history, "loss_curves.png", "plots")
     click.echo(f"best epoch {result.best_epoch}: val exact match {best['val_exact_match']:.4f}; run {run.run_id}")
 
 

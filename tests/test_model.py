@@ -170,3 +170,15 @@ def test_bf16_autocast_forward_is_finite_and_close():
         low = model(src, src_len, tgt[:, :-1])
     assert torch.isfinite(low).all()
     torch.testing.assert_close(low.float(), full, atol=0.1, rtol=0.05)
+
+
+def test_reference_greedy_decoding_equals_generate_without_padding():
+    # time_to_quality.py scores the reference with its own greedy decoder; on unpadded batches it must agree.
+    model = make_model(num_layers=2).eval()
+    cfg = model.cfg
+    reference = ReferenceSeq2Seq(VOCAB, cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, cfg.dropout).eval()
+    reference.load_from(model)
+    src = torch.randint(3, VOCAB, (5, 6))
+    ours, _ = model.generate(src, torch.full((5,), 6), max_len=8)
+    theirs = reference.greedy(src.T, 8, BOS, EOS, PAD)
+    assert torch.equal(ours, theirs)

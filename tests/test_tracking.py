@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -124,3 +127,63 @@ def test_system_metrics_when_enabled(store):
     with tracking.start_run("train", env=env) as quiet, quiet.system_metrics(False):
         pass
     assert not any(k.startswith("system/") for k in client.get_run(quiet.run_id).data.metrics)
+
+
+def test_a_helper_process_logs_the_run(store, tmp_path):
+    env, client = store
+    artifact = tmp_path / "params.yaml"
+    artifact.write_text("a: 1\n")
+    with tracking.run_in_helper("train", env=env) as run:
+        run.log_params({"train.lr": 0.003})
+        run.log_artifact(artifact)
+        artifact.unlink()  # logged as it was when log_artifact was called
+        run.log_metrics({"val_loss": 2.5}, step=1)
+        run.log_metrics({"val_loss": 1.5}, step=2)
+        run.log_plot("seq2seq.plots:loss_curves", [{"epoch": 1, "train_loss": 2.0, "val_loss": 2.5,
+                     "val_exact_match": 0.1}], "loss_curves.png", "plots")  # fmt: skip
+        run.write_reference(tmp_path / "run.json")
+    data = client.get_run(run.run_id)
+    assert data.info.status == "FINISHED" and data.data.params == {"train.lr": "0.003"}
+    assert data.data.tags["stage.train"] == "done"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val_loss")] == [(1, 2.5), (2, 1.5)]
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"params.yaml", "plots"}
+    assert [a.path for a in client.list_artifacts(run.run_id, "plots")] == ["plots/loss_curves.png"]
+
+    with tracking.run_in_helper("train", run_id=run.run_id, env=env) as again:  # a resumed training
+        again.log_metrics({"val_loss": 1.0}, step=3)
+    assert again.run_id == run.run_id and client.get_run(run.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_a_helper_closes_failed_or_interrupted_runs(store, error, status):
+    env, client = store
+    with pytest.raises(error), tracking.run_in_helper("train", env=env) as run:
+        raise error("boom")
+    assert client.get_run(run.run_id).info.status == status
+
+
+def test_a_helper_marks_the_run_killed_when_the_trainer_is_killed(store, tmp_path):
+    env, client = store
+    script = textwrap.dedent(f"""
+        import time
+        from seq2seq import tracking
+        with tracking.run_in_helper("train", env={{"DVC_ROOT": {env["DVC_ROOT"]!r}}}) as run:
+            print(run.run_id, flush=True)
+            time.sleep(600)
+    """)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as trainer:
+        run_id = trainer.stdout.readline().strip()
+        assert client.get_run(run_id).info.status == "RUNNING"
+        os.kill(trainer.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_helper_that_cannot_open_the_store_fails_the_stage(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/file/mlflow.db", "DVC_ROOT": str(tmp_path)}
+    with pytest.raises(RuntimeError, match="MLflow"), tracking.run_in_helper("train", env=env) as run:
+        run.log_metrics({"loss": 1.0}, step=1)
+        run.run_id  # noqa: B018 - the first wait on the helper raises its error

@@ -1,0 +1,146 @@
+"""What MLflow logging costs the train stage, at the default profile: the stage's wall time with logging against
+the same stage with tracking replaced by a no-op, run alternately in fresh processes (real data, a real SQLite
+store that already exists, as after the first `dvc repro`). Also prints the time the training process itself
+spends in tracking calls (the MLflow work happens in a helper process, see seq2seq.tracking.run_in_helper).
+
+    python -m benchmarks.logging_overhead                  # params.yaml's default profile, 2 runs of each
+    python -m benchmarks.logging_overhead --repeats 3 --epochs 5
+
+The target (issue 5) is at most 2% of the stage's wall time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import click
+
+from benchmarks.stage_runs import ROOT, TRAIN_OUTPUTS, default_params, prepare, stage_env
+
+SPENT: dict[str, float] = defaultdict(float)  # seconds per tracking call, in the training process
+
+
+def timed(name: str, fn):
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            SPENT[name] += time.perf_counter() - started
+
+    return wrapper
+
+
+def timed_context(factory):
+    """A context-manager factory whose enter (opening the run) and exit (closing it) are timed."""
+
+    @contextlib.contextmanager
+    def wrapper(*args, **kwargs):
+        manager = factory(*args, **kwargs)
+        value = timed("open", manager.__enter__)()
+        try:
+            yield value
+        except BaseException:
+            if not timed("close (waits for the helper)", manager.__exit__)(*sys.exc_info()):
+                raise
+        else:
+            timed("close (waits for the helper)", manager.__exit__)(None, None, None)
+
+    return wrapper
+
+
+class NullRun:
+    """What the stage logs through, doing nothing: the 'without logging' side."""
+
+    run_id, experiment_id = "0" * 32, "0"
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+    def system_metrics(self, enabled: bool):
+        return contextlib.nullcontext()
+
+    def write_reference(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"run_id": self.run_id}))
+
+
+def run_stage(variant: str, params_path: Path, report: Path) -> None:
+    """In this process: the train stage, with tracking timed ('on') or replaced by NullRun ('off')."""
+    from seq2seq import tracking
+
+    if variant == "off":
+        tracking.run_in_helper = lambda *args, **kwargs: contextlib.nullcontext(NullRun())
+    else:
+        for method in ("log_params", "log_metrics", "set_tags", "log_artifact", "log_plot", "write_reference"):
+            setattr(tracking.HelperRun, method, timed(method, getattr(tracking.HelperRun, method)))
+        tracking.run_in_helper = timed_context(tracking.run_in_helper)
+    spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages/train.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    args = ["--params", str(params_path), "--data", "data"]
+    args += [arg for flag, path in TRAIN_OUTPUTS.items() for arg in (flag, path)]
+    stage.main(args, standalone_mode=False)
+    report.write_text(json.dumps(SPENT))
+
+
+@click.command()
+@click.option("--epochs", type=int, default=None, help="Override train.max_epochs (default: params.yaml's).")
+@click.option("--repeats", default=2, show_default=True, help="Runs of each variant, alternating.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/logging_overhead.json"))
+@click.option("--child", type=click.Choice(["on", "off"]), default=None, hidden=True)
+@click.option("--child-params", type=click.Path(path_type=Path), default=None, hidden=True)
+@click.option("--child-report", type=click.Path(path_type=Path), default=None, hidden=True)
+def main(epochs, repeats, out, child, child_params, child_report) -> None:
+    if child:
+        run_stage(child, child_params, child_report)
+        return
+    params = default_params()
+    if epochs is not None:
+        params["train"]["max_epochs"] = epochs
+    walls: dict[str, list[float]] = {"on": [], "off": []}
+    spent: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        params_path = prepare(folder, params)
+        env = stage_env(folder)
+        # The store exists already (its creation and schema migration are a one-off of the first run).
+        create = "from seq2seq import tracking; tracking.experiment_id_of()"
+        subprocess.run([sys.executable, "-c", create], cwd=folder, env=env, check=True, capture_output=True)
+        for _ in range(repeats):
+            for variant in ("on", "off"):
+                report = folder / f"spent-{variant}.json"
+                command = [sys.executable, "-m", "benchmarks.logging_overhead", "--child", variant,
+                           "--child-params", str(params_path), "--child-report", str(report)]  # fmt: skip
+                started = time.perf_counter()
+                subprocess.run(command, cwd=folder, env={**env, "PYTHONPATH": str(ROOT)}, check=True,
+                               capture_output=True)  # fmt: skip
+                walls[variant].append(time.perf_counter() - started)
+                if variant == "on":
+                    spent.append(json.loads(report.read_text()))
+    on, off = statistics.median(walls["on"]), statistics.median(walls["off"])
+    in_process = statistics.median(sum(s.values()) for s in spent)
+    click.echo(f"train stage, default profile ({params['train']['max_epochs']} max epochs), {repeats} runs each, "
+               "alternating, median wall time of the whole process:")  # fmt: skip
+    click.echo(f"  with MLflow logging     {on:8.2f} s   {', '.join(f'{w:.2f}' for w in walls['on'])}")
+    click.echo(f"  without (no-op tracker) {off:8.2f} s   {', '.join(f'{w:.2f}' for w in walls['off'])}")
+    click.echo(f"  logging costs           {on - off:8.2f} s = {100 * (on - off) / on:.2f}% of the stage's wall time")
+    click.echo(f"  of which the training process spent {in_process * 1000:.0f} ms in tracking calls:")
+    for name in spent[0]:
+        click.echo(f"    {name:<30} {statistics.median(s[name] for s in spent) * 1000:8.1f} ms")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"walls_s": walls, "overhead_s": on - off, "fraction": (on - off) / on, "in_process_s": spent}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
