@@ -9,7 +9,10 @@ hyperparameters mean the same thing at any `nproc`. Only rank 0 writes outputs a
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +63,25 @@ def init(device: torch.device) -> tuple[Context, torch.device]:
     if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
         return SINGLE, device
     ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    _die_with_parent()
     if device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return ctx, device
+
+
+def _die_with_parent() -> None:
+    """Exit when torchrun goes away. A SIGKILLed torchrun cannot stop its workers, and orphans would go on
+    training and writing next to the rerun that resumes them."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-torchrun", daemon=True).start()
 
 
 def shutdown() -> None:
