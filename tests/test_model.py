@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from benchmarks.reference import ReferenceSeq2Seq
 from seq2seq.data import pad_batch
@@ -92,6 +93,23 @@ def test_logits_and_gradients_equal_the_seed_reference(num_layers):
     for name, (ours_grad, ref_grad) in pairs.items():
         assert ours_grad is not None and ours_grad.abs().sum() > 0, name
         torch.testing.assert_close(ours_grad, ref_grad, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_unpadded_batch_skips_packing_with_the_same_results():
+    model = make_model(num_layers=2).eval()  # eval: the LSTM's dropout draws differ between packed and plain
+    encoder = model.encoder
+    src = torch.randint(3, VOCAB, (4, 6))
+    src_len = torch.full((4,), 6)  # no padding: the plain LSTM call
+    enc_out, h, c = encoder(src, src_len)
+    packed = pack_padded_sequence(encoder.embedding(src), src_len, batch_first=True, enforce_sorted=False)
+    packed_out, (h_ref, c_ref) = encoder.lstm(packed)
+    enc_ref, _ = pad_packed_sequence(packed_out, batch_first=True)
+    for ours, theirs in ((enc_out, enc_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    weight = encoder.lstm.weight_ih_l0
+    ours_grad = torch.autograd.grad(enc_out.sum() + h.sum() + c.sum(), weight)[0]
+    theirs_grad = torch.autograd.grad(enc_ref.sum() + h_ref.sum() + c_ref.sum(), weight)[0]
+    torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-5, rtol=1e-5)
 
 
 def test_overfits_one_small_batch():
