@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.config import require
+from seq2seq.gemm import RecurrentLinear, linear
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ class AdditiveAttention(nn.Module):
         self, query: torch.Tensor, keys: torch.Tensor, enc_out: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # query: (B, H); keys = key_proj(enc_out): (B, S, H), computed once per batch; mask: (B, S) True = real token
-        energy = torch.tanh(keys + self.query_proj(query).unsqueeze(1))  # (B, S, H)
+        return self.attend(self.query_proj(query), keys, enc_out, mask)
+
+    def attend(
+        self, projected_query: torch.Tensor, keys: torch.Tensor, enc_out: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention given query_proj(query) (B, H): the training path projects the query its own way."""
+        energy = torch.tanh(keys + projected_query.unsqueeze(1))  # (B, S, H)
         # Scores in fp32 with -inf at padding: a -1e10 fill overflows fp16, and bf16 loses the softmax's precision.
         scores = self.v(energy).squeeze(-1).float().masked_fill(~mask, float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1).to(enc_out.dtype)  # (B, S); padding gets exactly 0
@@ -139,17 +146,11 @@ class Seq2Seq(nn.Module):
         Each token after the first is the ground truth with probability `teacher_forcing`, else the model's own
         previous prediction; the coins are one tensor drawn on the device, per token.
         """
+        if teacher_forcing >= 1.0:
+            return self._forward_teacher_forced(src, src_len, tgt_in)
         enc_out, keys, mask, h, c = self._encode(src, src_len)
         batch, steps = tgt_in.shape
         emb = self.decoder.dropout(self.decoder.embedding(tgt_in))  # (B, T, E): all teacher inputs at once
-        if teacher_forcing >= 1.0:
-            # Every input is known up front, so the vocabulary projection can wait until after the loop.
-            outputs, contexts = [], []
-            for t in range(steps):
-                out, context, h, c, _ = self.decoder.step(emb[:, t], h, c, keys, enc_out, mask)
-                outputs.append(out)
-                contexts.append(context)
-            return self.decoder.project(torch.stack(outputs, 1), torch.stack(contexts, 1))  # (B, T, V)
         use_truth = torch.rand(batch, steps, device=tgt_in.device) < teacher_forcing  # (B, T)
         logits, emb_t = [], emb[:, 0]
         for t in range(steps):
@@ -159,6 +160,49 @@ class Seq2Seq(nn.Module):
                 predicted = self.decoder.dropout(self.decoder.embedding(logits[-1].argmax(-1)))  # (B, E)
                 emb_t = torch.where(use_truth[:, t + 1, None], emb[:, t + 1], predicted)
         return torch.stack(logits, 1)  # (B, T, V)
+
+    def _forward_teacher_forced(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """The decoder loop of `Decoder.step` with every input known up front, rearranged for speed; same math.
+
+        The embedding half of layer 0's input projection (and every bias) runs once over all steps; each layer's
+        per-step input and recurrent projections are one GEMM over [input; h] with the weights side by side; the
+        query, key and vocabulary projections and all per-step weight gradients are one GEMM each (see
+        seq2seq/gemm.py). Dropout masks are drawn in the same order as the step-by-step loop.
+        """
+        dec, attention = self.decoder, self.decoder.attention
+        enc_out, h, c = self.encoder(src, src_len)  # (B, S, H), (L, B, H), (L, B, H)
+        h, c = list(h.unbind(0)), list(c.unbind(0))  # one (B, H) per layer
+        mask = torch.arange(src.shape[1], device=src.device) < src_len.to(src.device).unsqueeze(1)  # (B, S)
+        keys = linear(enc_out, attention.key_proj.weight)  # (B, S, H)
+        emb = dec.dropout(dec.embedding(tgt_in))  # (B, T, E)
+        first = dec.cells[0]
+        emb_dim = emb.shape[-1]
+        # W_ih[:, :E] @ emb_t + b_ih + b_hh of layer 0, for all steps in one GEMM, time-major so that each step's
+        # slice is contiguous. Unbinding once matters: autograd turns an indexed slice's gradient into a zero-filled
+        # (T, B, 4H) tensor per step, where unbind's backward stacks all steps' gradients once.
+        emb_gates = linear(emb.transpose(0, 1), first.weight_ih[:, :emb_dim], first.bias_ih + first.bias_hh)
+        emb_gates = emb_gates.unbind(0)  # T x (B, 4H)
+        projections = [RecurrentLinear(torch.cat([first.weight_ih[:, emb_dim:], first.weight_hh], 1))]  # (4H, 2H)
+        projections += [
+            RecurrentLinear(torch.cat([cell.weight_ih, cell.weight_hh], 1), cell.bias_ih + cell.bias_hh)  # (4H, 2H)
+            for cell in dec.cells[1:]
+        ]
+        query_proj = RecurrentLinear(attention.query_proj.weight, attention.query_proj.bias)  # (H, H)
+        outputs = []
+        for t in range(tgt_in.shape[1]):
+            context, _ = attention.attend(query_proj(h[-1]), keys, enc_out, mask)  # (B, H)
+            x = context
+            for layer, projection in enumerate(projections):
+                if layer > 0:
+                    x = dec.dropout(x)  # what nn.LSTM's `dropout` does between layers
+                gates = projection(torch.cat([x, h[layer]], -1))  # (B, 4H)
+                if layer == 0:
+                    gates = gates + emb_gates[t]
+                h[layer], c[layer] = _lstm_cell(gates, c[layer])  # (B, H) each
+                x = h[layer]
+            outputs.append(torch.cat([x, context], -1))  # (B, 2H): what `Decoder.project` reads
+        # (B, T, V): the vocabulary projection waits until after the loop
+        return linear(torch.stack(outputs, 1), dec.out.weight, dec.out.bias)
 
     @torch.no_grad()
     def generate(
@@ -184,6 +228,13 @@ class Seq2Seq(nn.Module):
                 break
         weights_out = torch.stack(attention, 1) if return_attention else None  # (B, T, S)
         return torch.stack(tokens, 1), weights_out
+
+
+def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.LSTMCell's update from its gate pre-activations (B, 4H), in PyTorch's gate order i, f, g, o."""
+    i, f, g, o = gates.chunk(4, 1)  # (B, H) each
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def sequence_loss(logits: torch.Tensor, tgt_out: torch.Tensor, pad_id: int) -> torch.Tensor:

@@ -112,6 +112,43 @@ def test_unpadded_batch_skips_packing_with_the_same_results():
     torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-5, rtol=1e-5)
 
 
+def step_by_step_logits(model: Seq2Seq, src, src_len, tgt_in) -> torch.Tensor:
+    """Teacher forcing 1 through `Decoder.step` and `Decoder.project`, drawing dropout in the same order."""
+    enc_out, keys, mask, h, c = model._encode(src, src_len)
+    emb = model.decoder.dropout(model.decoder.embedding(tgt_in))  # (B, T, E)
+    outputs, contexts = [], []
+    for t in range(tgt_in.shape[1]):
+        out, context, h, c, _ = model.decoder.step(emb[:, t], h, c, keys, enc_out, mask)
+        outputs.append(out)
+        contexts.append(context)
+    return model.decoder.project(torch.stack(outputs, 1), torch.stack(contexts, 1))  # (B, T, V)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("padded", [False, True])
+def test_teacher_forced_forward_equals_the_step_loop_with_dropout(num_layers, padded):
+    model = make_model(num_layers=num_layers, dropout=0.5).train()  # train: the dropout masks must match too
+    if padded:
+        src, src_len, tgt = ragged_batch()
+    else:
+        src, src_len = torch.randint(3, VOCAB, (4, 6)), torch.full((4,), 6)
+        tgt = torch.cat([torch.full((4, 1), BOS), torch.randint(3, VOCAB, (4, 7))], 1)  # (B, 8)
+    results = []
+    for forward in (
+        lambda: model(src, src_len, tgt[:, :-1]),
+        lambda: step_by_step_logits(model, src, src_len, tgt[:, :-1]),
+    ):
+        torch.manual_seed(7)
+        model.zero_grad()
+        logits = forward()
+        sequence_loss(logits, tgt[:, 1:], PAD).backward()
+        results.append((logits, {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (ours, ours_grads), (theirs, theirs_grads) = results
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    for name, grad in theirs_grads.items():
+        torch.testing.assert_close(ours_grads[name], grad, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_overfits_one_small_batch():
     model = make_model(dropout=0.0)
     src, src_len, tgt = ragged_batch()
