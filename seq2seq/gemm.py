@@ -128,7 +128,9 @@ class _Anchor(torch.autograd.Function):
         ]
         steps.grads.clear()  # a second backward pass (retain_graph) fills it again
         steps._weight_t = None
-        grad_y = torch.cat(grads)  # (B*T, M)
-        grad_w = gemm(grad_y.t(), torch.cat(steps.inputs).t()) if ctx.needs_input_grad[1] else None  # (M, K)
-        grad_b = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None  # (M,)
+        # (M, T*B), columns in the inputs' order. oneDNN wants this operand row-major; transposing each step's small
+        # gradient while stacking is ~4x faster than transposing the concatenated one.
+        grad_y_t = torch.stack([g.t() for g in grads], 1).view(rows, -1)
+        grad_w = gemm(grad_y_t, torch.cat(steps.inputs).t()) if ctx.needs_input_grad[1] else None  # (M, K)
+        grad_b = grad_y_t.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None  # (M,)
         return None, grad_w, grad_b
