@@ -146,11 +146,21 @@ class Seq2Seq(nn.Module):
         Each token after the first is the ground truth with probability `teacher_forcing`, else the model's own
         previous prediction; the coins are one tensor drawn on the device, per token.
         """
-        if teacher_forcing >= 1.0:
+        # The rearranged loop keeps one dtype through its hand-written backward; under autocast (bf16 on CUDA)
+        # the step-by-step loop runs, which autograd differentiates in whatever dtypes autocast picked.
+        if teacher_forcing >= 1.0 and not torch.is_autocast_enabled(src.device.type):
             return self._forward_teacher_forced(src, src_len, tgt_in)
         enc_out, keys, mask, h, c = self._encode(src, src_len)
         batch, steps = tgt_in.shape
         emb = self.decoder.dropout(self.decoder.embedding(tgt_in))  # (B, T, E): all teacher inputs at once
+        if teacher_forcing >= 1.0:
+            # Every input is known up front, so the vocabulary projection can wait until after the loop.
+            outputs, contexts = [], []
+            for t in range(steps):
+                out, context, h, c, _ = self.decoder.step(emb[:, t], h, c, keys, enc_out, mask)
+                outputs.append(out)
+                contexts.append(context)
+            return self.decoder.project(torch.stack(outputs, 1), torch.stack(contexts, 1))  # (B, T, V)
         use_truth = torch.rand(batch, steps, device=tgt_in.device) < teacher_forcing  # (B, T)
         logits, emb_t = [], emb[:, 0]
         for t in range(steps):

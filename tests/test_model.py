@@ -237,3 +237,28 @@ def test_reference_greedy_decoding_equals_generate_without_padding():
     ours, _ = model.generate(src, torch.full((5,), 6), max_len=8)
     theirs = reference.greedy(src.T, 8, BOS, EOS, PAD)
     assert torch.equal(ours, theirs)
+
+
+def test_bf16_autocast_stays_within_tolerance_of_fp32():
+    # The CUDA default (train.bf16): autocast runs the GEMMs in bf16; the loss, softmax and scores stay fp32.
+    model = make_model(num_layers=2).eval()
+    src, src_len, tgt = ragged_batch()
+    results = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(src, src_len, tgt[:, :-1])  # (B, T, V)
+            loss = sequence_loss(logits, tgt[:, 1:], PAD)
+        loss.backward()
+        results.append((logits.float(), loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (logits32, loss32, grads32), (logits16, loss16, grads16) = results
+    assert logits16.dtype == torch.float32 and not torch.equal(logits16, logits32)  # bf16 really ran
+    torch.testing.assert_close(logits16, logits32, atol=0.05, rtol=0.02)
+    assert abs(loss16 - loss32) / loss32 < 0.01
+    flat32 = torch.cat([g.flatten() for g in grads32.values()])
+    flat16 = torch.cat([grads16[name].flatten() for name in grads32])
+    assert (flat16 - flat32).norm() / flat32.norm() < 0.02  # the gradient that clipping and Adam see
+    for name, grad in grads32.items():
+        # Per parameter, relative to its own norm, floored: a gradient 1e-5 of the whole is bf16 noise.
+        error = (grads16[name] - grad).norm() / grad.norm().clamp_min(1e-3 * flat32.norm())
+        assert error < 0.05, f"{name}: relative gradient error {error:.3f}"
