@@ -48,9 +48,9 @@ def set_params(repo: Path, **changes: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def tiny_repo(where: Path) -> Path:
+def tiny_repo(where: Path, run_pipeline: bool = True) -> Path:
     """A git + DVC copy of the project (tracked and untracked-but-not-ignored files) on the tiny profile,
-    committed, with the pipeline run once (the baseline)."""
+    committed, with the pipeline run once (the baseline) unless run_pipeline is False."""
     repo = where / "repo"
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
@@ -63,7 +63,8 @@ def tiny_repo(where: Path) -> Path:
     set_params(repo, **TINY)
     run(["git", "init", "-q"], repo)
     commit(repo, "tiny profile")
-    run(["dvc", "repro"], repo)
+    if run_pipeline:
+        run(["dvc", "repro"], repo)
     return repo
 
 
