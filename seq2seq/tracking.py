@@ -401,6 +401,9 @@ def _serve() -> None:
     inbox, outbox = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything MLflow prints goes to stderr; stdout carries the replies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the trainer, which tells us how to close
+    # Logging is background work: on a machine whose cores training keeps busy, the helper runs in their idle
+    # moments instead of taking turns with the training threads (when the trainer waits on it, it has the CPU).
+    os.nice(19)
 
     def reply(*message: Any) -> None:
         pickle.dump(message, outbox)
