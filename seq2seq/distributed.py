@@ -1,18 +1,21 @@
 """Data-parallel training through torchrun: launching, the process group, and the few collectives `fit` needs.
 
-`train.nproc > 1` makes the train stage re-launch itself under `torchrun --standalone` (one machine, `nproc`
-processes; gloo on the CPU, nccl on GPUs, one GPU per process). `train.batch_size` stays the *global* batch: each
-optimizer step splits one batch across the processes and DistributedDataParallel averages their gradients, so the
-hyperparameters mean the same thing at any `nproc`. Only rank 0 writes outputs and talks to MLflow.
+`train.nproc > 1` makes the train stage run itself as `nproc` workers through torchrun's launcher (what
+`torchrun --standalone` does: one machine; gloo on the CPU, nccl on GPUs, one GPU per process).
+`train.batch_size` stays the *global* batch: each optimizer step splits one batch across the processes and
+DistributedDataParallel averages their gradients, so the hyperparameters mean the same thing at any `nproc`. Only
+rank 0 writes outputs and talks to MLflow.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,23 +48,37 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """The command that runs this same script and arguments as `nproc` processes on this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *argv]
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run the script and arguments `argv` as `nproc` workers on this machine (what `torchrun --standalone`
+    does, through its Python API); returns the exit code: 0, or the first failed worker's.
 
+    The workers print their own errors; torchrun's summary traceback of a failed worker is left out.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-def relaunch(nproc: int, argv: list[str]) -> None:
-    """Replace this process with torchrun running the script and arguments `argv` as `nproc` workers."""
     # Split the cores between the workers (torchrun's default of 1 thread each wastes the rest, and warns).
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = torchrun_command(nproc, argv)
-    os.execv(command[0], command)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
+    )  # fmt: skip
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the workers report their errors
+    try:
+        elastic_launch(config, sys.executable)(*argv)
+    except ChildFailedError as err:
+        _, failure = err.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
 
 
-def init(device: torch.device) -> tuple[Context, torch.device]:
+def init(device: torch.device, nproc: int) -> tuple[Context, torch.device]:
     """Join the process group when launched by torchrun; returns this process's context and device."""
     if not launched() or int(os.environ["WORLD_SIZE"]) == 1:
         return SINGLE, device
+    if int(os.environ["WORLD_SIZE"]) != nproc:  # an outer launcher's environment, not ours
+        raise RuntimeError(f"WORLD_SIZE is {os.environ['WORLD_SIZE']} but train.nproc is {nproc}")
     ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
     _die_with_parent()
     if device.type == "cuda":
@@ -96,9 +113,10 @@ def sum_(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
     return tensor
 
 
-def max_(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
+def min_(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The elementwise minimum of `tensor` over all processes (in place)."""
     if ctx.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
 
 

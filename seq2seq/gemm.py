@@ -4,14 +4,16 @@ one GEMM over all steps.
 Why oneDNN: PyTorch sends fp32 CPU matmuls to MKL's sgemm, which on non-Intel CPUs (the AMD EPYC these benchmarks
 run on) dispatches its AVX2 kernels; oneDNN picks its kernels from the ISA it detects, and runs the same fp32 GEMMs
 (fp32 inputs, fp32 accumulation, no reduced-precision math mode) about 2.2x faster there. Other dtypes and devices,
-and builds without oneDNN, take `F.linear`. Only training uses these: inference (`Decoder.step`, `Decoder.project`,
-export) keeps plain modules, so it traces and exports as before.
+and builds without oneDNN, take `F.linear`. The teacher-forced forward uses these (training, and the teacher-forced
+loss of validation and evaluation); decoding (`Decoder.step`, `Decoder.project`, export) keeps plain modules, so it
+traces and exports as before.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -43,6 +45,7 @@ class _Linear(torch.autograd.Function):
         return gemm(x, weight, bias)  # (N, M)
 
     @staticmethod
+    @once_differentiable  # the backward is hand-written: a second derivative through it would be silently wrong
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad_x = gemm(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (N, K)
@@ -104,6 +107,7 @@ class _RecurrentStep(torch.autograd.Function):
         return gemm(x, steps.weight, steps.bias)  # (B, M)
 
     @staticmethod
+    @once_differentiable  # the backward is hand-written: a second derivative through it would be silently wrong
     def backward(ctx, grad: torch.Tensor):
         steps = ctx.steps
         steps.grads[ctx.index] = grad  # (B, M)
@@ -119,6 +123,7 @@ class _Anchor(torch.autograd.Function):
         return weight.new_empty(0)
 
     @staticmethod
+    @once_differentiable  # the backward is hand-written: a second derivative through it would be silently wrong
     def backward(ctx, _grad: torch.Tensor):
         steps = ctx.steps
         # Steps that the loss does not reach (none, in a training step) have no gradient: zeros.

@@ -269,6 +269,10 @@ def reopen_run(run_id: str, stage: str, env: Mapping[str, str] = os.environ) -> 
         run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
 
 
+class TrackingError(RuntimeError):
+    """MLflow could not log (a store it cannot open, a failed call); the message names the cause."""
+
+
 class HelperRun:
     """The train stage's view of a run that a helper process logs (see `run_in_helper`): the same methods as
     `Run`, but each only sends a message, so training never waits on MLflow."""
@@ -279,18 +283,34 @@ class HelperRun:
         self._files = Path(tempfile.mkdtemp(prefix="seq2seq-artifacts-"))
 
     def _send(self, *message: Any) -> None:
-        pickle.dump(message, self._process.stdin)
-        self._process.stdin.flush()
+        try:
+            pickle.dump(message, self._process.stdin)
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            # The helper is gone; what it said before going is raised at the next wait (or at close).
+            self._wait_ready()
+            raise TrackingError("MLflow: the logging helper process exited") from None
+
+    def _read(self) -> tuple:
+        try:
+            return pickle.load(self._process.stdout)
+        except EOFError:
+            return ("error", f"the logging helper process exited (code {self._process.poll()})")
 
     def _wait_ready(self) -> tuple:
         if self._ready is None:
-            try:
-                self._ready = pickle.load(self._process.stdout)
-            except EOFError:
-                self._ready = ("error", "the MLflow helper process exited before opening the run")
+            self._ready = self._read()
         if self._ready[0] == "error":
-            raise RuntimeError(f"MLflow: {self._ready[1]}")
+            raise TrackingError(f"MLflow: {self._ready[1]}")
         return self._ready
+
+    def flush(self) -> None:
+        """Wait until the helper has carried out every call so far; raise the first error it met."""
+        self._wait_ready()
+        self._send("flush")
+        reply = self._read()
+        if reply[0] == "error" or reply[1]:
+            raise TrackingError(f"MLflow logging failed: {reply[1]}")
 
     @property
     def run_id(self) -> str:
@@ -337,10 +357,17 @@ class HelperRun:
 
     def close(self, status: str) -> str | None:
         """Ask the helper to close the run as `status`; returns the first error it met, if any."""
-        with contextlib.suppress(BrokenPipeError):
-            self._send("close", status)
-        output, _ = self._process.communicate(timeout=600)
-        shutil.rmtree(self._files, ignore_errors=True)
+        with contextlib.suppress(BrokenPipeError, OSError):
+            pickle.dump(("close", status), self._process.stdin)
+            self._process.stdin.flush()
+        try:
+            output, _ = self._process.communicate(timeout=600)
+        except subprocess.TimeoutExpired:  # e.g. a tracking server that keeps retrying
+            self._process.kill()
+            self._process.wait()
+            return "the logging helper did not close the run within 600 s"
+        finally:
+            shutil.rmtree(self._files, ignore_errors=True)
         replies = io.BytesIO(output)
         messages = []
         with contextlib.suppress(EOFError):
@@ -389,7 +416,7 @@ def run_in_helper(
         signal.signal(signal.SIGTERM, previous)
         error = run.close(status)
     if error:
-        raise RuntimeError(f"MLflow logging failed: {error}")
+        raise TrackingError(f"MLflow logging failed: {error}")
 
 
 class _Closed(Exception):
@@ -398,8 +425,11 @@ class _Closed(Exception):
 
 def _serve() -> None:
     """The helper process of `run_in_helper`: pickled messages in on stdin, replies out on stdout."""
-    inbox, outbox = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything MLflow prints goes to stderr; stdout carries the replies
+    # stdout carries the replies: keep a private handle on it, and send everything else written to fd 1 (by
+    # MLflow, C code or child processes) to stderr.
+    inbox, outbox = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the trainer, which tells us how to close
     # Logging is background work: on a machine whose cores training keeps busy, the helper runs in their idle
     # moments instead of taking turns with the training threads (when the trainer waits on it, it has the CPU).
@@ -416,13 +446,19 @@ def _serve() -> None:
         run = opened.__enter__()
     except Exception as err:  # a wrong URI, an unreachable server: the trainer raises it at its next wait
         reply("error", f"{type(err).__name__}: {err}")
+        with contextlib.suppress(EOFError):  # stay until the trainer is done sending, so its writes never fail
+            while pickle.load(inbox)[0] != "close":
+                pass
         return
     reply("ready", run.run_id, run.experiment_id)
-    for module in preload:
-        importlib.import_module(module)
     monitor = contextlib.ExitStack()
     status = "KILLED"  # unless the trainer says otherwise: its input closing means it died
     try:
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except Exception as err:
+                error = error or f"preloading {module}: {type(err).__name__}: {err}"
         while True:
             try:
                 kind, *args = pickle.load(inbox)
@@ -431,6 +467,9 @@ def _serve() -> None:
             if kind == "close":
                 status = args[0]
                 break
+            if kind == "flush":
+                reply("flushed", error)
+                continue
             try:
                 if kind == "log_plot":
                     plotter, data, file_name, artifact_path = args

@@ -264,7 +264,10 @@ def fit(
         elapsed = time.perf_counter() - started
         distributed.sum_(loss_sum, ctx)
         distributed.sum_(n_tokens, ctx)
-        distributed.max_(first_bad_step, ctx)
+        if ctx.distributed:  # the earliest bad step of any process (-1: none)
+            never = torch.iinfo(torch.long).max
+            first_bad_step = distributed.min_(torch.where(first_bad_step > 0, first_bad_step, never), ctx)
+            first_bad_step = torch.where(first_bad_step == never, -1, first_bad_step)
         if (bad_step := int(first_bad_step)) > 0:
             raise NonFiniteError(
                 f"epoch {epoch}, step {bad_step}: the loss or the gradient norm is not finite; stopping without "

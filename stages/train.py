@@ -6,7 +6,7 @@ Opens the pipeline's MLflow run; later stages append to it. The training state i
 `persist` output: after a kill, `dvc repro` resumes from the last complete epoch, in the same MLflow run.
 (`persist` also keeps this stage out of DVC's run-cache, so every execution trains and logs a run.)
 
-With `train.nproc > 1` the stage re-launches itself under torchrun (seq2seq/distributed.py); every process trains
+With `train.nproc > 1` the stage runs itself as nproc torchrun workers (seq2seq/distributed.py); every process trains
 its share of each batch, and rank 0 alone writes the outputs and logs to MLflow.
 """
 
@@ -82,13 +82,24 @@ def main(
         device = resolve_device(params.train.device)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
-    if params.train.nproc > 1 and not distributed.launched():
-        # Does not return: torchrun runs this same command nproc times.
-        distributed.relaunch(params.train.nproc, command_line(__file__))
-    ctx, device = distributed.init(device)
+    nproc = params.train.nproc
+    if nproc > 1 and not distributed.launched():
+        if device.type == "cuda" and nproc > torch.cuda.device_count():
+            raise click.ClickException(f"train.nproc is {nproc} but this machine has {torch.cuda.device_count()} GPUs")
+        sys.exit(distributed.launch(nproc, command_line(__file__)))  # this same command, nproc times
+    try:
+        ctx, device = distributed.init(device, nproc)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
     try:
         outputs = (checkpoint_path, state_path, run_ref_path, metrics_path, timing_path, history_path)
         train(params, params_path, data_dir, device, ctx, *outputs)
+    except (tracking.TrackingError, FileNotFoundError) as err:  # missing data, an unusable store
+        raise click.ClickException(str(err) if ctx.is_main else f"rank {ctx.rank}: {err}") from None
+    except click.ClickException as err:
+        if not ctx.is_main:  # every process may say it: say which
+            err.message = f"rank {ctx.rank}: {err.message}"
+        raise
     finally:
         distributed.shutdown()
 
@@ -156,6 +167,7 @@ def train(
             result = run_fit(
                 model, train_set, val_set, params, device, log=log, save_state=save_state, resume=state, ctx=ctx
             )
+        run.flush()  # a logging failure stops the stage here, before any output is written
         run.write_reference(run_ref_path)
 
         best = result.history[result.best_epoch - 1]

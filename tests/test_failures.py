@@ -35,7 +35,10 @@ def test_a_failed_training_exits_1_writes_nothing_and_fails_the_run(tmp_path, mo
 
     stage = load_stage("train")
 
-    def failing_fit(*args, **kwargs):
+    def failing_fit(model, *args, **kwargs):
+        # One good epoch first (logged, state saved), then the failure: the outputs of that epoch must not appear.
+        kwargs["log"](1, {"train_loss": 1.0, "val_loss": 1.0})
+        kwargs["save_state"]({"epoch": 1, "model": model.state_dict()})
         raise error
 
     monkeypatch.setitem(stage.callback.__globals__, "fit", failing_fit)
@@ -43,9 +46,11 @@ def test_a_failed_training_exits_1_writes_nothing_and_fails_the_run(tmp_path, mo
     result = CliRunner().invoke(stage, stage_args("train", params_path, out, tmp_path / "gen" / "data"))
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
-    assert not out.exists() or not any(out.iterdir())  # no checkpoint, metrics or state
+    # The resumable state of the good epoch stays (a rerun continues from it); nothing else is written.
+    assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
     from mlflow.tracking import MlflowClient
 
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs([tracking.experiment_id_of(env)])
     assert [run.info.status for run in runs] == ["FAILED"]
+    assert runs[0].data.metrics["train_loss"] == 1.0  # the good epoch was logged
