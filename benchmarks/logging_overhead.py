@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -90,7 +91,8 @@ def run_stage(variant: str, params_path: Path, report: Path) -> None:
     args = ["--params", str(params_path), "--data", "data"]
     args += [arg for flag, path in TRAIN_OUTPUTS.items() for arg in (flag, path)]
     stage.main(args, standalone_mode=False)
-    report.write_text(json.dumps(SPENT))
+    helper = resource.getrusage(resource.RUSAGE_CHILDREN)  # the helper process (the only child), after its exit
+    report.write_text(json.dumps({"spent": SPENT, "helper_cpu_s": helper.ru_utime + helper.ru_stime}))
 
 
 @click.command()
@@ -109,6 +111,7 @@ def main(epochs, repeats, out, child, child_params, child_report) -> None:
         params["train"]["max_epochs"] = epochs
     walls: dict[str, list[float]] = {"on": [], "off": []}
     spent: list[dict[str, float]] = []
+    helper_cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         params_path = prepare(folder, params)
@@ -126,19 +129,36 @@ def main(epochs, repeats, out, child, child_params, child_report) -> None:
                                capture_output=True)  # fmt: skip
                 walls[variant].append(time.perf_counter() - started)
                 if variant == "on":
-                    spent.append(json.loads(report.read_text()))
+                    measured = json.loads(report.read_text())
+                    spent.append(measured["spent"])
+                    helper_cpu.append(measured["helper_cpu_s"])
     on, off = statistics.median(walls["on"]), statistics.median(walls["off"])
+    # Each 'on' run is paired with the 'off' run right after it, so slow drifts of the machine cancel.
+    diffs = [a - b for a, b in zip(walls["on"], walls["off"], strict=True)]
+    mean = statistics.mean(diffs)
+    stderr = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
     in_process = statistics.median(sum(s.values()) for s in spent)
     click.echo(f"train stage, default profile ({params['train']['max_epochs']} max epochs), {repeats} runs each, "
-               "alternating, median wall time of the whole process:")  # fmt: skip
-    click.echo(f"  with MLflow logging     {on:8.2f} s   {', '.join(f'{w:.2f}' for w in walls['on'])}")
-    click.echo(f"  without (no-op tracker) {off:8.2f} s   {', '.join(f'{w:.2f}' for w in walls['off'])}")
-    click.echo(f"  logging costs           {on - off:8.2f} s = {100 * (on - off) / on:.2f}% of the stage's wall time")
+               "alternating, wall time of the whole process:")  # fmt: skip
+    click.echo(f"  with MLflow logging     median {on:6.2f} s   {', '.join(f'{w:.2f}' for w in walls['on'])}")
+    click.echo(f"  without (no-op tracker) median {off:6.2f} s   {', '.join(f'{w:.2f}' for w in walls['off'])}")
+    click.echo(f"  logging costs           {mean:+.2f} s +- {stderr:.2f} (mean of paired differences +- standard error)"
+               f" = {100 * mean / off:+.2f}% +- {100 * stderr / off:.2f}% of the stage's wall time")  # fmt: skip
     click.echo(f"  of which the training process spent {in_process * 1000:.0f} ms in tracking calls:")
     for name in spent[0]:
         click.echo(f"    {name:<30} {statistics.median(s[name] for s in spent) * 1000:8.1f} ms")
+    cpu = statistics.median(helper_cpu)
+    click.echo(f"  the helper process used {cpu:.2f} s of CPU (user + sys), {100 * cpu / off:.2f}% of the stage's "
+               "wall time, on cores that training also uses")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"walls_s": walls, "overhead_s": on - off, "fraction": (on - off) / on, "in_process_s": spent}
+    result = {
+        "helper_cpu_s": helper_cpu,
+        "walls_s": walls,
+        "overhead_s": mean,
+        "stderr_s": stderr,
+        "fraction": mean / off,
+        "in_process_s": spent,
+    }
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
