@@ -17,6 +17,7 @@ import json
 import resource
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import pandas as pd
@@ -67,16 +68,7 @@ def resumable(state_path: Path, expected: str) -> dict | None:
 @output_path("--metrics", "metrics_path")
 @output_path("--timing", "timing_path")
 @output_path("--history", "history_path")
-def main(
-    params_path: Path,
-    data_dir: Path,
-    checkpoint_path: Path,
-    state_path: Path,
-    run_ref_path: Path,
-    metrics_path: Path,
-    timing_path: Path,
-    history_path: Path,
-) -> None:
+def main(params_path: Path, data_dir: Path, **outputs: Path) -> None:
     params = load_params_or_exit(params_path)
     try:
         device = resolve_device(params.train.device)
@@ -92,8 +84,7 @@ def main(
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     try:
-        outputs = (checkpoint_path, state_path, run_ref_path, metrics_path, timing_path, history_path)
-        train(params, params_path, data_dir, device, ctx, *outputs)
+        train(params, params_path, data_dir, device, ctx, Outputs(**outputs))
     except (tracking.TrackingError, FileNotFoundError) as err:  # missing data, an unusable store
         raise click.ClickException(str(err) if ctx.is_main else f"rank {ctx.rank}: {err}") from None
     except click.ClickException as err:
@@ -117,25 +108,26 @@ def run_fit(model: Seq2Seq, train_set, val_set, params: Params, device: torch.de
         ) from None
 
 
+class Outputs(NamedTuple):
+    """The stage's output files (dvc.yaml names them)."""
+
+    checkpoint_path: Path
+    state_path: Path
+    run_ref_path: Path
+    metrics_path: Path
+    timing_path: Path
+    history_path: Path
+
+
 def train(
-    params: Params,
-    params_path: Path,
-    data_dir: Path,
-    device: torch.device,
-    ctx: distributed.Context,
-    checkpoint_path: Path,
-    state_path: Path,
-    run_ref_path: Path,
-    metrics_path: Path,
-    timing_path: Path,
-    history_path: Path,
+    params: Params, params_path: Path, data_dir: Path, device: torch.device, ctx: distributed.Context, out: Outputs
 ) -> None:
     vocab = read_vocab(data_dir)
     train_set = encode_split(read_split(data_dir, "train"), vocab)
     val_set = encode_split(read_split(data_dir, "val"), vocab)
     digest = dataset_digest(data_dir)
     expected = fingerprint(params, digest)
-    state = resumable(state_path, expected)
+    state = resumable(out.state_path, expected)
     torch.manual_seed(params.train.seed)  # the weight init is part of the seeded run
     model = Seq2Seq(params.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id).to(device)
     if not ctx.is_main:  # a helper process: trains its share, writes nothing, logs nothing
@@ -157,7 +149,7 @@ def train(
 
         def save_state(epoch_state: dict) -> None:
             last_state.update(epoch_state, fingerprint=expected, run_id=run.run_id, complete=False)
-            save_train_state(state_path, last_state)
+            save_train_state(out.state_path, last_state)
 
         def log(epoch: int, row: dict[str, float]) -> None:
             run.log_metrics(row, step=epoch)
@@ -168,23 +160,23 @@ def train(
                 model, train_set, val_set, params, device, log=log, save_state=save_state, resume=state, ctx=ctx
             )
         run.flush()  # a logging failure stops the stage here, before any output is written
-        run.write_reference(run_ref_path)
+        run.write_reference(out.run_ref_path)
 
         best = result.history[result.best_epoch - 1]
         summary = {k: v for k, v in best.items() if k not in TIMING_KEYS}
         extra = {"epoch": result.best_epoch, "metrics": summary}
-        save_checkpoint(checkpoint_path, model, vocab, extra, state_dict=result.best_state)
-        save_train_state(state_path, {**last_state, "complete": True})
+        save_checkpoint(out.checkpoint_path, model, vocab, extra, state_dict=result.best_state)
+        save_train_state(out.state_path, {**last_state, "complete": True})
         summary.update(best_epoch=result.best_epoch, epochs_run=len(result.history))
-        write_json(metrics_path, summary)
+        write_json(out.metrics_path, summary)
         total_s = sum(row["epoch_time_s"] for row in result.history)
         tokens = sum(row["tokens_per_s"] * row["epoch_time_s"] for row in result.history)
         timing = {"train_time_s": total_s, "tokens_per_s": tokens / total_s, "device": str(device)}
         peak = peak_memory(device)
-        write_json(timing_path, {**timing, "processes": ctx.world, **peak})
+        write_json(out.timing_path, {**timing, "processes": ctx.world, **peak})
         columns = [k for k in result.history[0] if k not in TIMING_KEYS]
         history = pd.DataFrame(result.history)[columns]
-        atomic_write(history_path, lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
+        atomic_write(out.history_path, lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
         run.log_metrics({f"best_{k}": v for k, v in summary.items()} | peak)
         run.log_plot("seq2seq.plots:loss_curves", result.history, "loss_curves.png", "plots")
     click.echo(f"best epoch {result.best_epoch}: val exact match {best['val_exact_match']:.4f}; run {run.run_id}")
