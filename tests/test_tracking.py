@@ -98,10 +98,11 @@ def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path):
     assert follow_up.info.run_name == "exp-one" and follow_up.info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("opener", [tracking.start_run, tracking.run_in_helper], ids=["in-process", "helper"])
 @pytest.mark.parametrize(("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")])
-def test_failed_or_interrupted_runs_are_never_left_running(store, error, status):
+def test_failed_or_interrupted_runs_are_never_left_running(store, opener, error, status):
     env, client = store
-    with pytest.raises(error), tracking.start_run("train", env=env) as run:
+    with pytest.raises(error), opener("train", env=env) as run:
         raise error("boom")
     assert client.get_run(run.run_id).info.status == status
 
@@ -152,14 +153,6 @@ def test_a_helper_process_logs_the_run(store, tmp_path):
     with tracking.run_in_helper("train", run_id=run.run_id, env=env) as again:  # a resumed training
         again.log_metrics({"val_loss": 1.0}, step=3)
     assert again.run_id == run.run_id and client.get_run(run.run_id).info.status == "FINISHED"
-
-
-@pytest.mark.parametrize(("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")])
-def test_a_helper_closes_failed_or_interrupted_runs(store, error, status):
-    env, client = store
-    with pytest.raises(error), tracking.run_in_helper("train", env=env) as run:
-        raise error("boom")
-    assert client.get_run(run.run_id).info.status == status
 
 
 def test_a_helper_marks_the_run_killed_when_the_trainer_is_killed(store, tmp_path):
