@@ -6,7 +6,8 @@ spends in tracking calls (the MLflow work happens in a helper process, see seq2s
     python -m benchmarks.logging_overhead                  # params.yaml's default profile, 2 runs of each
     python -m benchmarks.logging_overhead --repeats 3 --epochs 5
 
-The target (issue 5) is at most 2% of the stage's wall time.
+The target (issue 5) is at most 2% of the stage's wall time. Run-to-run noise on a shared machine is of that
+order, so it also prints an accounted cost from CPU times, which does not depend on that noise.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -28,6 +30,13 @@ import click
 from benchmarks.stage_runs import ROOT, TRAIN_OUTPUTS, default_params, prepare, stage_env
 
 SPENT: dict[str, float] = defaultdict(float)  # seconds per tracking call, in the training process
+HELPER: dict[str, float] = {}  # the helper's pid, and the CPU it had used when training began
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def timed(name: str, fn):
@@ -80,11 +89,23 @@ def run_stage(variant: str, params_path: Path, report: Path) -> None:
     from seq2seq import tracking
 
     if variant == "off":
+        tracking.start_helper = lambda *args, **kwargs: None
         tracking.run_in_helper = lambda *args, **kwargs: contextlib.nullcontext(NullRun())
     else:
-        for method in ("log_params", "log_metrics", "set_tags", "log_artifact", "log_plot", "write_reference"):
+        for method in ("log_params", "log_metrics", "set_tags", "log_artifact", "write_reference"):
             setattr(tracking.HelperRun, method, timed(method, getattr(tracking.HelperRun, method)))
-        tracking.run_in_helper = timed_context(tracking.run_in_helper)
+        start_helper, run_in_helper = tracking.start_helper, tracking.run_in_helper
+
+        def started(*args, **kwargs):
+            process = start_helper(*args, **kwargs)
+            HELPER["pid"] = process.pid
+            return process
+
+        def opened(*args, **kwargs):  # the run opens when the data is loaded and the model built: training is next
+            HELPER["cpu_before_training_s"] = process_cpu_s(HELPER["pid"])
+            return run_in_helper(*args, **kwargs)
+
+        tracking.start_helper, tracking.run_in_helper = started, timed_context(opened)
     spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages/train.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
@@ -92,7 +113,9 @@ def run_stage(variant: str, params_path: Path, report: Path) -> None:
     args += [arg for flag, path in TRAIN_OUTPUTS.items() for arg in (flag, path)]
     stage.main(args, standalone_mode=False)
     helper = resource.getrusage(resource.RUSAGE_CHILDREN)  # the helper process (the only child), after its exit
-    report.write_text(json.dumps({"spent": SPENT, "helper_cpu_s": helper.ru_utime + helper.ru_stime}))
+    cpu = helper.ru_utime + helper.ru_stime
+    before = HELPER.get("cpu_before_training_s", 0.0)
+    report.write_text(json.dumps({"spent": SPENT, "helper_cpu_s": cpu, "helper_cpu_before_training_s": before}))
 
 
 @click.command()
@@ -112,6 +135,7 @@ def main(epochs, repeats, out, child, child_params, child_report) -> None:
     walls: dict[str, list[float]] = {"on": [], "off": []}
     spent: list[dict[str, float]] = []
     helper_cpu: list[float] = []
+    helper_cpu_before: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         params_path = prepare(folder, params)
@@ -132,6 +156,7 @@ def main(epochs, repeats, out, child, child_params, child_report) -> None:
                     measured = json.loads(report.read_text())
                     spent.append(measured["spent"])
                     helper_cpu.append(measured["helper_cpu_s"])
+                    helper_cpu_before.append(measured["helper_cpu_before_training_s"])
     on, off = statistics.median(walls["on"]), statistics.median(walls["off"])
     # Each 'on' run is paired with the 'off' run right after it, so slow drifts of the machine cancel.
     diffs = [a - b for a, b in zip(walls["on"], walls["off"], strict=True)]
@@ -147,16 +172,27 @@ def main(epochs, repeats, out, child, child_params, child_report) -> None:
     click.echo(f"  of which the training process spent {in_process * 1000:.0f} ms in tracking calls:")
     for name in spent[0]:
         click.echo(f"    {name:<30} {statistics.median(s[name] for s in spent) * 1000:8.1f} ms")
-    cpu = statistics.median(helper_cpu)
-    click.echo(f"  the helper process used {cpu:.2f} s of CPU (user + sys), {100 * cpu / off:.2f}% of the stage's "
-               "wall time, on cores that training also uses")  # fmt: skip
+    cpu, before = statistics.median(helper_cpu), statistics.median(helper_cpu_before)
+    during = statistics.median(a - b for a, b in zip(helper_cpu, helper_cpu_before, strict=True))
+    click.echo(f"  the helper process used {cpu:.2f} s of CPU (user + sys): {before:.2f} s before training began, "
+               f"beside this process's start-up; {during:.2f} s ({100 * during / off:.2f}% of the stage's wall time) "
+               "during and after training, at nice 19 on cores that training uses")  # fmt: skip
+    # An estimate free of wall-clock noise: the trainer's own time in tracking calls plus the CPU the helper took
+    # while training ran, each second of it counted as a second taken from training (a pessimistic count: at
+    # nice 19 the helper mostly runs while a core would idle; cache effects are not counted).
+    bound = in_process + during
+    click.echo(f"  accounted cost (tracking calls + the helper's CPU after training began): {bound:.2f} s = "
+               f"{100 * bound / off:.2f}% of the stage's wall time (target: at most 2%)")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "helper_cpu_s": helper_cpu,
+        "helper_cpu_before_training_s": helper_cpu_before,
         "walls_s": walls,
         "overhead_s": mean,
         "stderr_s": stderr,
         "fraction": mean / off,
+        "accounted_s": bound,
+        "accounted_fraction": bound / off,
         "in_process_s": spent,
     }
     out.write_text(json.dumps(result, indent=2) + "\n")

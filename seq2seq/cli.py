@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from seq2seq.params import Params, ParamsError, load_params
+if TYPE_CHECKING:  # the params import torch: a stage may start its MLflow helper first (stages/train.py)
+    from seq2seq.params import Params
 
 
 class BadParams(click.ClickException):
@@ -17,6 +19,8 @@ class BadParams(click.ClickException):
 
 
 def load_params_or_exit(path: Path) -> Params:
+    from seq2seq.params import ParamsError, load_params
+
     try:
         return load_params(path)
     except ParamsError as err:

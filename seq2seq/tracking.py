@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import io
 import json
 import logging
@@ -24,9 +23,10 @@ import time
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
@@ -168,6 +168,7 @@ class Run:
         requirements are pinned from this environment instead of inferred (inference costs 5-10 s a log).
         """
         import mlflow
+        import pandas as pd
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
 
@@ -216,9 +217,12 @@ def _lifecycle(client: Any, run_id: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def start_run(stage: str, run_name: str | None = None, env: Mapping[str, str] = os.environ) -> Iterator[Run]:
-    """A new run, closed as FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM)."""
-    client, experiment_id = _client(env)
+def start_run(
+    stage: str, run_name: str | None = None, env: Mapping[str, str] = os.environ, store: tuple | None = None
+) -> Iterator[Run]:
+    """A new run, closed as FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM). `store`: the
+    (client, experiment id) of `_client(env)`, when the caller opened it already."""
+    client, experiment_id = store or _client(env)
     name = run_name or env.get("DVC_EXP_NAME") or None
     created = client.create_run(experiment_id, run_name=name, tags=run_tags(env))
     run = Run(client, created.info.run_id, experiment_id, resolve_tracking_uri(env))
@@ -259,9 +263,11 @@ def continue_run(
 
 
 @contextlib.contextmanager
-def reopen_run(run_id: str, stage: str, env: Mapping[str, str] = os.environ) -> Iterator[Run]:
+def reopen_run(
+    run_id: str, stage: str, env: Mapping[str, str] = os.environ, store: tuple | None = None
+) -> Iterator[Run]:
     """Continue `run_id` itself (a resumed training): same run, same params, closed like start_run's."""
-    client, experiment_id = _client(env)
+    client, experiment_id = store or _client(env)
     client.update_run(run_id, status="RUNNING")
     run = Run(client, run_id, experiment_id, resolve_tracking_uri(env))
     with _lifecycle(client, run_id):
@@ -337,11 +343,6 @@ class HelperRun:
         shutil.copy2(path, copy)
         self._send("log_artifact", str(copy), artifact_path)
 
-    def log_plot(self, plotter: str, data: Any, file_name: str, artifact_path: str | None = None) -> None:
-        """Draw `plotter` ("module:function", called as function(data, path)) in the helper and log the file:
-        the plotting library is imported there, never in the training process."""
-        self._send("log_plot", plotter, data, file_name, artifact_path)
-
     def write_reference(self, path: Path) -> None:
         Run.write_reference(self, path)  # type: ignore[arg-type]
 
@@ -381,9 +382,38 @@ class HelperRun:
         return closed[1]
 
 
+def start_helper(env: Mapping[str, str] = os.environ) -> subprocess.Popen:
+    """Start the helper process of `run_in_helper` ahead of its run; pass it on as `run_in_helper(process=...)`.
+
+    Before it needs to know which run to open, the helper imports MLflow and opens the store (about 2 s of CPU).
+    A stage that starts it first thing gets that done while it imports torch and loads its data on one core,
+    instead of while it trains on all of them. `discard_helper` stops one that was never used; it has opened no
+    run by then.
+    """
+    # os._exit: the helper has replied and flushed; tearing down MLflow's modules would only delay the trainer.
+    serve = "from seq2seq.tracking import _serve; _serve(); import os, sys; sys.stderr.flush(); os._exit(0)"
+    # The helper resolves the store from `env` alone, with this process's environment for the rest (PATH, HOME).
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | dict(env)
+    return subprocess.Popen([sys.executable, "-c", serve], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)
+
+
+def discard_helper(process: subprocess.Popen) -> None:
+    """Stop a helper from `start_helper` that `run_in_helper` did not use (the stage stopped before training);
+    one that ran its run has exited already, and is left as it is."""
+    if process.poll() is None:
+        process.terminate()
+        process.wait()
+    for pipe in (process.stdin, process.stdout):
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
 @contextlib.contextmanager
 def run_in_helper(
-    stage: str, run_id: str | None = None, env: Mapping[str, str] = os.environ, preload: tuple[str, ...] = ()
+    stage: str,
+    run_id: str | None = None,
+    env: Mapping[str, str] = os.environ,
+    process: subprocess.Popen | None = None,
 ) -> Iterator[HelperRun]:
     """`start_run(stage)`, or `reopen_run(run_id, stage)`, carried out by a helper process.
 
@@ -391,17 +421,11 @@ def run_in_helper(
     several percent of a short training run, and a logging thread would fight the training loop for the GIL. The
     helper does it on another core while this process trains; this process only sends it messages. The run
     closes as FINISHED, FAILED or KILLED like start_run's; if this process dies (SIGKILL), the helper sees its
-    input close and marks the run KILLED, so no run is left RUNNING. `preload`: modules the helper imports while
-    it waits (those of `log_plot` plotters), so that closing the run does not wait for them.
+    input close and marks the run KILLED, so no run is left RUNNING. `process`: a helper from `start_helper`
+    (which took `env`), else one is started here.
     """
-    # os._exit: the helper has replied and flushed; tearing down MLflow's modules would only delay the trainer.
-    serve = "from seq2seq.tracking import _serve; _serve(); import os, sys; sys.stderr.flush(); os._exit(0)"
-    command = [sys.executable, "-c", serve]
-    # The helper resolves the store from `env` alone, with this process's environment for the rest (PATH, HOME).
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | dict(env)
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)
-    run = HelperRun(process)
-    run._send("open", stage, run_id, preload)
+    run = HelperRun(process or start_helper(env))
+    run._send("open", stage, run_id)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     status, error = "FINISHED", None
     try:
@@ -417,6 +441,20 @@ def run_in_helper(
         error = run.close(status)
     if error:
         raise TrackingError(f"MLflow logging failed: {error}")
+
+
+def _warm_up(env: Mapping[str, str]) -> tuple | None:
+    """What the helper does before it knows its run: import MLflow and its SQL store, and open a SQLite store
+    that exists already, returning `_client(env)`. A store that does not exist yet is left for the run to
+    create (a stage that stops before training would otherwise leave one behind)."""
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+    uri = resolve_tracking_uri(env)
+    if not uri.startswith("sqlite:///"):
+        return None
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+    return _client(env) if Path(uri.removeprefix("sqlite:///")).exists() else None
 
 
 class _Closed(Exception):
@@ -439,10 +477,15 @@ def _serve() -> None:
         pickle.dump(message, outbox)
         outbox.flush()
 
-    _, stage, run_id, preload = pickle.load(inbox)
-    error = None
+    store, error = None, None
+    with contextlib.suppress(Exception):  # whatever failed here fails again below, where it is reported
+        store = _warm_up(os.environ)
     try:
-        opened = reopen_run(run_id, stage) if run_id else start_run(stage)
+        _, stage, run_id = pickle.load(inbox)
+    except EOFError:  # discarded: the stage stopped before it trained
+        return
+    try:
+        opened = reopen_run(run_id, stage, store=store) if run_id else start_run(stage, store=store)
         run = opened.__enter__()
     except Exception as err:  # a wrong URI, an unreachable server: the trainer raises it at its next wait
         reply("error", f"{type(err).__name__}: {err}")
@@ -454,11 +497,6 @@ def _serve() -> None:
     monitor = contextlib.ExitStack()
     status = "KILLED"  # unless the trainer says otherwise: its input closing means it died
     try:
-        for module in preload:
-            try:
-                importlib.import_module(module)
-            except Exception as err:
-                error = error or f"preloading {module}: {type(err).__name__}: {err}"
         while True:
             try:
                 kind, *args = pickle.load(inbox)
@@ -471,13 +509,7 @@ def _serve() -> None:
                 reply("flushed", error)
                 continue
             try:
-                if kind == "log_plot":
-                    plotter, data, file_name, artifact_path = args
-                    module, function = plotter.split(":")
-                    with tempfile.TemporaryDirectory() as tmp:
-                        getattr(importlib.import_module(module), function)(data, Path(tmp) / file_name)
-                        run.log_artifact(Path(tmp) / file_name, artifact_path)
-                elif kind == "system_metrics":
+                if kind == "system_metrics":
                     if args[0]:
                         monitor.enter_context(run.system_metrics(True))
                     else:
@@ -514,6 +546,7 @@ def _pyfunc_class() -> type:
     if cls is not None:
         return cls
     import mlflow.pyfunc
+    import pandas as pd
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -525,7 +558,6 @@ def _pyfunc_class() -> type:
 
             self.predictor = Predictor(Path(context.artifacts["export"]))
 
-        # A DataFrame hint is one MLflow takes without deriving a schema from it (the signature is explicit).
         def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
             if "source" not in getattr(model_input, "columns", []):
                 raise MlflowException("the input needs a string column 'source'", INVALID_PARAMETER_VALUE)
@@ -534,6 +566,11 @@ def _pyfunc_class() -> type:
             if errors:  # a 400 answer in `mlflow models serve`, naming every bad row
                 raise MlflowException("; ".join(errors), INVALID_PARAMETER_VALUE)
             return pd.DataFrame({"prediction": [r.prediction for r in results]})
+
+        # A DataFrame hint is one MLflow takes without deriving a schema from it (the signature is explicit). It
+        # reads the hints when the class is made, evaluating strings in this module's globals, where pandas is
+        # not (imported lazily, for the train stage's start-up): hand it the objects.
+        predict.__annotations__.update(model_input=pd.DataFrame, **{"return": pd.DataFrame})
 
     # Pickled by reference as seq2seq.tracking.Seq2SeqPyfunc; the module __getattr__ below resolves it on load.
     Seq2SeqPyfunc.__module__, Seq2SeqPyfunc.__qualname__ = __name__, "Seq2SeqPyfunc"
@@ -608,6 +645,8 @@ def search_runs(tags: Mapping[str, str] | None = None, env: Mapping[str, str] = 
 
 def metric_histories(run_ids: list[str], key: str, env: Mapping[str, str] = os.environ) -> dict[str, pd.DataFrame]:
     """run id -> DataFrame(step, value) of one metric."""
+    import pandas as pd
+
     client, _ = _client(env)
     histories = {}
     for run_id in run_ids:

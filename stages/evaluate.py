@@ -1,6 +1,8 @@
 """Evaluate stage: the checkpoint (config + vocabulary inside) + data/ -> test and test_long metrics, exact
 match by source length (a DVC plot per split), and in the pipeline's MLflow run: those metrics, attention
-heatmaps, a table of decoded samples and the per-length plot. Writes the run reference the export stage reads."""
+heatmaps, a table of decoded samples, the per-length plot and the training curves (from the train stage's
+history: the PNGs are drawn here, so that training never imports matplotlib). Writes the run reference the
+export stage reads."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from seq2seq import tracking
 from seq2seq.checkpoint import load_checkpoint
@@ -15,7 +18,7 @@ from seq2seq.cli import input_path, load_params_or_exit, output_path, params_opt
 from seq2seq.data import encode_split, read_split
 from seq2seq.evaluation import attention_samples, evaluate
 from seq2seq.files import atomic_dir, write_json
-from seq2seq.plots import attention_heatmap, exact_match_by_length
+from seq2seq.plots import attention_heatmap, exact_match_by_length, loss_curves
 from seq2seq.train import resolve_device
 
 SPLITS = ("test", "test_long")
@@ -26,6 +29,7 @@ SPLITS = ("test", "test_long")
 @input_path("--data", "data_dir", directory=True)
 @input_path("--checkpoint", "checkpoint_path")
 @input_path("--run-ref", "run_ref")
+@input_path("--history", "history_path")
 @output_path("--out-run-ref", "out_run_ref")
 @output_path("--metrics", "metrics_path")
 @output_path("--by-length", "by_length_dir", directory=True)
@@ -34,6 +38,7 @@ def main(
     data_dir: Path,
     checkpoint_path: Path,
     run_ref: Path,
+    history_path: Path,
     out_run_ref: Path,
     metrics_path: Path,
     by_length_dir: Path,
@@ -42,6 +47,7 @@ def main(
     cfg = params.evaluate
     device = resolve_device("auto")
     model, vocab, _ = load_checkpoint(checkpoint_path, device)
+    history = pd.read_csv(history_path).to_dict("records")
     encoded = {split: encode_split(read_split(data_dir, split), vocab) for split in SPLITS}
     results = {split: evaluate(model, encoded[split], vocab, cfg, device) for split in SPLITS}
 
@@ -57,7 +63,9 @@ def main(
         run.log_table(results["test"].predictions.head(cfg.n_samples), "predictions/test_samples.json")
         with tempfile.TemporaryDirectory() as tmp:
             exact_match_by_length(tables, Path(tmp) / "exact_match_by_length.png")
-            run.log_artifact(Path(tmp) / "exact_match_by_length.png", "plots")
+            loss_curves(history, Path(tmp) / "loss_curves.png")
+            for plot in ("exact_match_by_length.png", "loss_curves.png"):
+                run.log_artifact(Path(tmp) / plot, "plots")
             samples = attention_samples(model, encoded["test"], vocab, cfg.n_attention_plots, cfg.max_extra_len, device)
             for i, (source, predicted, weights) in enumerate(samples):
                 attention_heatmap(source, predicted, weights, Path(tmp) / f"attention_{i}.png")

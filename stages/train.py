@@ -14,23 +14,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
+import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
-import pandas as pd
-import torch
 
-from seq2seq import distributed, tracking
-from seq2seq.checkpoint import load_train_state, save_checkpoint, save_train_state
+# Light imports only: torch and the library are imported inside the functions, after main() has started the
+# MLflow helper (see there).
+from seq2seq import tracking
 from seq2seq.cli import command_line, input_path, load_params_or_exit, output_path, params_option
-from seq2seq.data import dataset_digest, encode_split, read_split, read_vocab
-from seq2seq.files import atomic_write, write_json
-from seq2seq.model import Seq2Seq
-from seq2seq.params import Params
-from seq2seq.train import FitResult, NonFiniteError, fit, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from seq2seq.distributed import Context
+    from seq2seq.model import Seq2Seq
+    from seq2seq.params import Params
+    from seq2seq.train import FitResult
 
 # Timing varies run to run; it goes to MLflow and the timing file so that the metrics file stays byte-identical.
 TIMING_KEYS = ("tokens_per_s", "epoch_time_s")
@@ -39,6 +43,8 @@ SECTIONS = ("data", "model", "train")
 
 def peak_memory(device: torch.device) -> dict[str, float]:
     """This process's peak resident memory (and the device's peak allocation on CUDA), in MiB."""
+    import torch
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peak = {"peak_rss_mib": rss / (2**20 if sys.platform == "darwin" else 2**10)}
     if device.type == "cuda":
@@ -53,6 +59,8 @@ def fingerprint(params: Params, data_digest: str) -> str:
 
 def resumable(state_path: Path, expected: str) -> dict | None:
     """The saved state if it belongs to an unfinished run of these params and data; else None (start fresh)."""
+    from seq2seq.checkpoint import load_train_state
+
     state = load_train_state(state_path)
     if state is None or state.get("fingerprint") != expected or state.get("complete"):
         return None
@@ -69,6 +77,24 @@ def resumable(state_path: Path, expected: str) -> dict | None:
 @output_path("--timing", "timing_path")
 @output_path("--history", "history_path")
 def main(params_path: Path, data_dir: Path, **outputs: Path) -> None:
+    # MLflow's helper process starts before this process imports torch and the library (the params import them):
+    # its ~2 s of imports then run beside this single-threaded start instead of during training, when training
+    # uses every core (benchmarks/logging_overhead.py). Under torchrun, rank 0 alone logs.
+    helper = tracking.start_helper() if os.environ.get("RANK", "0") == "0" else None
+    try:
+        stage(params_path, data_dir, helper, Outputs(**outputs))
+    finally:
+        if helper is not None:  # unused if the stage stopped before training
+            tracking.discard_helper(helper)
+
+
+def stage(params_path: Path, data_dir: Path, helper: subprocess.Popen | None, out: Outputs) -> None:
+    """Validate, then train here, or launch the torchrun workers (train.nproc > 1) that run this same command."""
+    import torch
+
+    from seq2seq import distributed
+    from seq2seq.train import resolve_device
+
     params = load_params_or_exit(params_path)
     try:
         device = resolve_device(params.train.device)
@@ -76,6 +102,8 @@ def main(params_path: Path, data_dir: Path, **outputs: Path) -> None:
         raise click.ClickException(str(err)) from None
     nproc = params.train.nproc
     if nproc > 1 and not distributed.launched():
+        if helper is not None:  # the workers log; this launcher does not
+            tracking.discard_helper(helper)
         if device.type == "cuda" and nproc > torch.cuda.device_count():
             raise click.ClickException(f"train.nproc is {nproc} but this machine has {torch.cuda.device_count()} GPUs")
         sys.exit(distributed.launch(nproc, command_line(__file__)))  # this same command, nproc times
@@ -84,7 +112,7 @@ def main(params_path: Path, data_dir: Path, **outputs: Path) -> None:
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
     try:
-        train(params, params_path, data_dir, device, ctx, Outputs(**outputs))
+        train(params, params_path, data_dir, device, ctx, out, helper)
     except (tracking.TrackingError, FileNotFoundError) as err:  # missing data, an unusable store
         raise click.ClickException(str(err) if ctx.is_main else f"rank {ctx.rank}: {err}") from None
     except click.ClickException as err:
@@ -97,6 +125,10 @@ def main(params_path: Path, data_dir: Path, **outputs: Path) -> None:
 
 def run_fit(model: Seq2Seq, train_set, val_set, params: Params, device: torch.device, **kwargs) -> FitResult:
     """`fit`, with its failures turned into one-line errors (a click exit 1, no traceback)."""
+    import torch
+
+    from seq2seq.train import NonFiniteError, fit
+
     try:
         return fit(model, train_set, val_set, params.train, device, **kwargs)
     except NonFiniteError as err:
@@ -120,8 +152,22 @@ class Outputs(NamedTuple):
 
 
 def train(
-    params: Params, params_path: Path, data_dir: Path, device: torch.device, ctx: distributed.Context, out: Outputs
+    params: Params,
+    params_path: Path,
+    data_dir: Path,
+    device: torch.device,
+    ctx: Context,
+    out: Outputs,
+    helper: subprocess.Popen | None,
 ) -> None:
+    import pandas as pd
+    import torch
+
+    from seq2seq.checkpoint import save_checkpoint, save_train_state
+    from seq2seq.data import dataset_digest, encode_split, read_split, read_vocab
+    from seq2seq.files import atomic_write, write_json
+    from seq2seq.model import Seq2Seq
+
     vocab = read_vocab(data_dir)
     train_set = encode_split(read_split(data_dir, "train"), vocab)
     val_set = encode_split(read_split(data_dir, "val"), vocab)
@@ -137,7 +183,7 @@ def train(
     # MLflow runs in a helper process: importing it and opening the store would otherwise cost this process
     # several percent of a default-profile training (see benchmarks/logging_overhead.py).
     run_id = state["run_id"] if state else None
-    with tracking.run_in_helper("train", run_id=run_id, preload=("seq2seq.plots",)) as run:
+    with tracking.run_in_helper("train", run_id=run_id, process=helper) as run:
         if state:
             click.echo(f"resuming after epoch {state['epoch']} (MLflow run {state['run_id']})", err=True)
             run.set_tags({"resumed_after_epoch": str(state["epoch"])})
@@ -178,7 +224,6 @@ def train(
         history = pd.DataFrame(result.history)[columns]
         atomic_write(out.history_path, lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
         run.log_metrics({f"best_{k}": v for k, v in summary.items()} | peak)
-        run.log_plot("seq2seq.plots:loss_curves", result.history, "loss_curves.png", "plots")
     click.echo(f"best epoch {result.best_epoch}: val exact match {best['val_exact_match']:.4f}; run {run.run_id}")
 
 

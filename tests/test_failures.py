@@ -41,7 +41,7 @@ def test_a_failed_training_exits_1_writes_nothing_and_fails_the_run(tmp_path, mo
         kwargs["save_state"]({"epoch": 1, "model": model.state_dict()})
         raise error
 
-    monkeypatch.setitem(stage.callback.__globals__, "fit", failing_fit)
+    monkeypatch.setattr("seq2seq.train.fit", failing_fit)  # the stage imports it when it runs
     out = tmp_path / "out"
     result = CliRunner().invoke(stage, stage_args("train", params_path, out, tmp_path / "gen" / "data"))
     assert result.exit_code == 1, result.output

@@ -87,7 +87,8 @@ def stage_args(stage: str, params: Path, out: Path, data: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("stage", ["generate", "train"])
-def test_stage_exits_2_and_writes_nothing(default_params, tmp_path, stage):
+def test_stage_exits_2_and_writes_nothing(default_params, tmp_path, monkeypatch, stage):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the MLflow store's home, were one opened
     params = copy.deepcopy(default_params)
     params["train"]["lr"] = -1
     path = _write(tmp_path, params)
@@ -95,7 +96,7 @@ def test_stage_exits_2_and_writes_nothing(default_params, tmp_path, stage):
     result = CliRunner().invoke(load_stage(stage), stage_args(stage, path, out, data=tmp_path))
     assert result.exit_code == 2, result.output
     assert f"Error: {path}: train.lr: must be > 0" in result.output
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_too_small_task_space_is_a_params_error(default_params, tmp_path):

@@ -54,6 +54,16 @@ def test_library_imports_without_mlflow_or_dvc():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_train_stage_loads_without_torch_so_its_helper_starts_first():
+    """stages/train.py starts the MLflow helper in main(), before the params and the library import torch: the
+    helper's imports then overlap the stage's start-up (benchmarks/logging_overhead.py). A top-level import of
+    torch, pandas or the params would quietly undo that."""
+    stage = Path(__file__).parents[1] / "stages" / "train.py"
+    load = f"import runpy, sys; runpy.run_path({str(stage)!r}); print(sorted({{'torch', 'pandas'}} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
@@ -140,19 +150,39 @@ def test_a_helper_process_logs_the_run(store, tmp_path):
         artifact.unlink()  # logged as it was when log_artifact was called
         run.log_metrics({"val_loss": 2.5}, step=1)
         run.log_metrics({"val_loss": 1.5}, step=2)
-        run.log_plot("seq2seq.plots:loss_curves", [{"epoch": 1, "train_loss": 2.0, "val_loss": 2.5,
-                     "val_exact_match": 0.1}], "loss_curves.png", "plots")  # fmt: skip
         run.write_reference(tmp_path / "run.json")
     data = client.get_run(run.run_id)
     assert data.info.status == "FINISHED" and data.data.params == {"train.lr": "0.003"}
     assert data.data.tags["stage.train"] == "done"
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val_loss")] == [(1, 2.5), (2, 1.5)]
-    assert {a.path for a in client.list_artifacts(run.run_id)} == {"params.yaml", "plots"}
-    assert [a.path for a in client.list_artifacts(run.run_id, "plots")] == ["plots/loss_curves.png"]
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["params.yaml"]
 
     with tracking.run_in_helper("train", run_id=run.run_id, env=env) as again:  # a resumed training
         again.log_metrics({"val_loss": 1.0}, step=3)
     assert again.run_id == run.run_id and client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_helper_started_ahead_opens_its_run_only_when_asked(tmp_path):
+    """start_helper's process imports MLflow before it knows its run; one that is never asked opens no run and
+    creates no store, and one that is asked logs its run like any helper."""
+    env = {"DVC_ROOT": str(tmp_path)}
+    unused = tracking.start_helper(env)
+    unused.stdin.close()  # the stage stopped before training: its input closes before any message
+    assert unused.wait(timeout=120) == 0
+    tracking.discard_helper(unused)
+    assert not (tmp_path / tracking.DB_FILE).exists()
+
+    from mlflow.tracking import MlflowClient
+
+    tracking.experiment_id_of(env)  # an existing store: the helper opens it before it is asked
+    client = MlflowClient(tracking.resolve_tracking_uri(env))
+    helper = tracking.start_helper(env)
+    with tracking.run_in_helper("train", env=env, process=helper) as run:
+        run.log_metrics({"val_loss": 1.0}, step=1)
+    tracking.discard_helper(helper)  # done with: a no-op
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val_loss")] == [(1, 1.0)]
+    assert len(client.search_runs([run.experiment_id])) == 1
 
 
 def test_a_helper_marks_the_run_killed_when_the_trainer_is_killed(store, tmp_path):
