@@ -168,10 +168,13 @@ class Encoded:
     def __len__(self) -> int:
         return self.src.shape[0]
 
-    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows `index`, trimmed to the batch's own longest source and target."""
+    def batch(self, index: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows `index`, trimmed to the batch's own longest source and target; `trim=False` keeps the split's
+        widths, so that every batch has the same shape (a compiled, CUDA-graphed step wants one shape)."""
         src_len = self.src_len[index]
         tgt_len = self.tgt_len[index]
+        if not trim:
+            return self.src[index], src_len, self.tgt[index]
         return self.src[index, : int(src_len.max())], src_len, self.tgt[index, : int(tgt_len.max())]
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from seq2seq.config import require
-from seq2seq.model import Seq2Seq
+from seq2seq.model import Seq2Seq, masked_lstm
 from seq2seq.serving import CARD_FILE, CONFIG_FILE, ONNX_FILE, PROGRAM_FILE
 from seq2seq.vocab import VOCAB_FILE, Vocab
 
@@ -44,31 +44,10 @@ class StaticGreedy(nn.Module):
         super().__init__()
         self.model, self.max_src_len, self.max_tgt_len = model, max_src_len, max_tgt_len
 
-    def _encode(self, src: torch.Tensor, src_len: torch.Tensor):
-        lstm = self.model.encoder.lstm
-        x = self.model.encoder.embedding(src)  # (B, S, E)
-        zeros = x.new_zeros(src.shape[0], lstm.hidden_size)  # (B, H)
-        final_h, final_c = [], []
-        for layer in range(lstm.num_layers):
-            w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
-            bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-            gates_x = x @ w_ih.T + bias  # (B, S, 4H): the input half of every step at once
-            h, c, outputs = zeros, zeros, []
-            for t in range(self.max_src_len):
-                i, f, g, o = (gates_x[:, t] + h @ w_hh.T).chunk(4, dim=-1)  # (B, H) each, nn.LSTM's gate order
-                c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h_next = torch.sigmoid(o) * torch.tanh(c_next)
-                valid = (src_len > t).unsqueeze(1)  # (B, 1): past its length a sequence keeps its final state
-                h, c = torch.where(valid, h_next, h), torch.where(valid, c_next, c)
-                outputs.append(h_next)  # outputs past the length are masked out of the attention
-            x = torch.stack(outputs, dim=1)  # (B, S, H)
-            final_h.append(h)
-            final_c.append(c)
-        return x, final_h, final_c
-
     def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
         model = self.model
-        enc_out, h, c = self._encode(src, src_len)  # (B, S, H), L x (B, H)
+        embedded = model.encoder.embedding(src)  # (B, S, E)
+        enc_out, h, c = masked_lstm(model.encoder.lstm, embedded, src_len)  # (B, S, H), L x (B, H)
         mask = torch.arange(self.max_src_len, device=src.device).unsqueeze(0) < src_len.unsqueeze(1)  # (B, S)
         keys = model.decoder.attention.key_proj(enc_out)  # (B, S, H)
         token = torch.full_like(src_len, model.bos_id)  # (B,)

@@ -58,6 +58,14 @@ class Encoder(nn.Module):
         enc_out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=src.shape[1])  # (B, S, H)
         return enc_out, h, c
 
+    def static(self, src: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` with static shapes and no host sync (for torch.compile and CUDA graphs): src_len (B,) on
+        src's device. Outputs past a sequence's length are not zero, as packing makes them, but the attention masks
+        them; the final states are the same."""
+        embedded = self.dropout(self.embedding(src))  # (B, S, E)
+        enc_out, h, c = masked_lstm(self.lstm, embedded, src_len)  # (B, S, H), L x (B, H)
+        return enc_out, torch.stack(h), torch.stack(c)  # (B, S, H), (L, B, H), (L, B, H)
+
 
 class AdditiveAttention(nn.Module):
     """score(q, k_s) = v^T tanh(W_q q + W_k k_s + b): the seed's Linear(2H -> H) over [q; k_s], split in two."""
@@ -131,29 +139,40 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(vocab_size, cfg, pad_id)
         self.decoder = Decoder(vocab_size, cfg, pad_id)
 
-    def _encode(self, src: torch.Tensor, src_len: torch.Tensor):
-        enc_out, h, c = self.encoder(src, src_len)  # (B, S, H), (L, B, H), (L, B, H)
+    def _encode(self, src: torch.Tensor, src_len: torch.Tensor, static: bool = False):
+        encode = self.encoder.static if static else self.encoder
+        enc_out, h, c = encode(src, src_len)  # (B, S, H), (L, B, H), (L, B, H)
         positions = torch.arange(src.shape[1], device=src.device)
         mask = positions.unsqueeze(0) < src_len.to(src.device).unsqueeze(1)  # (B, S)
         keys = self.decoder.attention.key_proj(enc_out)  # (B, S, H): the step-independent half, once per batch
         return enc_out, keys, mask, list(h.unbind(0)), list(c.unbind(0))
 
     def forward(
-        self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, teacher_forcing: float = 1.0
+        self,
+        src: torch.Tensor,
+        src_len: torch.Tensor,
+        tgt_in: torch.Tensor,
+        teacher_forcing: float | torch.Tensor = 1.0,
+        static: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, V) for the target inputs tgt_in (B, T), which start with <bos>.
 
         Each token after the first is the ground truth with probability `teacher_forcing`, else the model's own
-        previous prediction; the coins are one tensor drawn on the device, per token.
+        previous prediction; the coins are one tensor drawn on the device, per token. A float 1.0 means teacher
+        forcing throughout; a 0-d tensor always takes the coin path (one compiled graph for every ratio).
+        `static`: no packing and no host sync, for torch.compile and CUDA graphs (`Encoder.static`); the batch may
+        be padded to any fixed width, src_len must then be on src's device.
         """
+        always_truth = not isinstance(teacher_forcing, torch.Tensor) and teacher_forcing >= 1.0
         # The rearranged loop keeps one dtype through its hand-written backward; under autocast (bf16 on CUDA)
-        # the step-by-step loop runs, which autograd differentiates in whatever dtypes autocast picked.
-        if teacher_forcing >= 1.0 and not torch.is_autocast_enabled(src.device.type):
+        # the step-by-step loop runs, which autograd differentiates in whatever dtypes autocast picked. A compiled
+        # (static) forward also runs the step loop: the compiler fuses it itself.
+        if always_truth and not static and not torch.is_autocast_enabled(src.device.type):
             return self._forward_teacher_forced(src, src_len, tgt_in)
-        enc_out, keys, mask, h, c = self._encode(src, src_len)
+        enc_out, keys, mask, h, c = self._encode(src, src_len, static)
         batch, steps = tgt_in.shape
         emb = self.decoder.dropout(self.decoder.embedding(tgt_in))  # (B, T, E): all teacher inputs at once
-        if teacher_forcing >= 1.0:
+        if always_truth:
             # Every input is known up front, so the vocabulary projection can wait until after the loop.
             outputs, contexts = [], []
             for t in range(steps):
@@ -238,6 +257,33 @@ class Seq2Seq(nn.Module):
                 break
         weights_out = torch.stack(attention, 1) if return_attention else None  # (B, T, S)
         return torch.stack(tokens, 1), weights_out
+
+
+def masked_lstm(
+    lstm: nn.LSTM, x: torch.Tensor, src_len: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """`lstm` (batch_first) over padded x (B, S, E), unrolled with static shapes and no host sync: each sequence
+    keeps its state past its length, so the final states are those a packed call gives. Inter-layer dropout as
+    nn.LSTM's. Returns the top layer's outputs (B, S, H), then the final h and c, one (B, H) per layer. Used where
+    packing cannot go: exported graphs, torch.compile and CUDA graphs."""
+    zeros = x.new_zeros(x.shape[0], lstm.hidden_size)  # (B, H)
+    final_h, final_c = [], []
+    for layer in range(lstm.num_layers):
+        if layer > 0:
+            x = F.dropout(x, lstm.dropout, lstm.training)  # what nn.LSTM does between layers
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+        bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+        gates_x = x @ w_ih.T + bias  # (B, S, 4H): the input half of every step at once
+        h, c, outputs = zeros, zeros, []
+        for t in range(x.shape[1]):
+            h_next, c_next = _lstm_cell(gates_x[:, t] + h @ w_hh.T, c)  # (B, H) each
+            valid = (src_len > t).unsqueeze(1)  # (B, 1): past its length a sequence keeps its final state
+            h, c = torch.where(valid, h_next, h), torch.where(valid, c_next, c)
+            outputs.append(h_next)  # outputs past the length are masked out of the attention
+        x = torch.stack(outputs, dim=1)  # (B, S, H)
+        final_h.append(h)
+        final_c.append(c)
+    return x, final_h, final_c
 
 
 def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

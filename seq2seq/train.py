@@ -46,6 +46,7 @@ class TrainConfig:
     min_delta: float
     system_metrics: bool  # sample CPU/memory/GPU usage into the MLflow run
     nproc: int  # > 1: data-parallel over this many processes via torchrun; batch_size stays the global batch
+    compile: bool  # torch.compile the training step over static shapes; CUDA graphs on CUDA ("reduce-overhead")
 
     def __post_init__(self) -> None:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
@@ -60,6 +61,7 @@ class TrainConfig:
         require(0 <= self.tf_end <= self.tf_start, "tf_end", f"must be in [0, tf_start], got {self.tf_end}")
         require(self.tf_decay_epochs >= 0, "tf_decay_epochs", f"must be >= 0, got {self.tf_decay_epochs}")
         require(self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        require(not (self.compile and self.nproc > 1), "compile", "is not supported with nproc > 1 yet")
         require(self.min_delta >= 0, "min_delta", f"must be >= 0, got {self.min_delta}")
 
 
@@ -166,6 +168,40 @@ def evaluate_split(
     }
 
 
+def training_loss(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float | torch.Tensor], torch.Tensor]:
+    """loss(src, src_len, tgt, teacher_forcing): the training step's forward and loss (autocast included).
+
+    With `cfg.compile` it runs the static-shape forward (no packing, no host sync) through torch.compile; on
+    CUDA in "reduce-overhead" mode, which replays forward and backward as CUDA graphs: a decoder step is dozens of
+    small kernels, and at these sizes their launches, not the arithmetic, bound the eager step. Feed it batches of
+    one shape (`Encoded.batch(..., trim=False)`) and src_len on the device; each new shape compiles once more.
+    One whole graph or an error: a graph break (a host sync, say) would split the CUDA graph.
+    """
+    pad_id = model.module.pad_id if hasattr(model, "module") else model.pad_id  # model may be DDP-wrapped
+
+    def loss(src, src_len, tgt, teacher_forcing):
+        with _autocast(device, cfg.bf16):
+            logits = model(src, src_len, tgt[:, :-1], teacher_forcing, static=cfg.compile)  # (B, T, V)
+            return sequence_loss(logits, tgt[:, 1:], pad_id)
+
+    if not cfg.compile:
+        return loss
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    compiled = torch.compile(loss, mode=mode, dynamic=False, fullgraph=True)
+
+    def step(src, src_len, tgt, teacher_forcing):
+        # A ratio below 1 goes in as a tensor: one graph for every ratio of a schedule, not one per value.
+        tf = teacher_forcing if teacher_forcing >= 1.0 else torch.tensor(teacher_forcing, device=device)
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are consumed by now
+        # allow_rnn: Dynamo refuses any nn.LSTM module; the static path only reads its weights (`masked_lstm`).
+        with torch._dynamo.config.patch(allow_rnn=True):
+            return compiled(src, src_len.to(device, non_blocking=True), tgt, tf)
+
+    return step
+
+
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
@@ -198,6 +234,7 @@ def fit(
         # DDP broadcasts rank 0's weights now and averages the gradients inside backward().
         stepper = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    training_step_loss = training_loss(stepper, cfg, device)
     stopper = EarlyStopping(cfg.patience, cfg.min_delta)
     shuffle = torch.Generator()
     result = FitResult()
@@ -242,12 +279,10 @@ def fit(
                 # DDP averages gradients over processes; weighting each local token mean by its share of the
                 # tokens makes that average the gradient of the global batch's token mean.
                 weight = float((train.tgt_len[index] - 1).sum()) * ctx.world / batch_tokens
-            src, src_len, tgt = train.batch(index)
+            src, src_len, tgt = train.batch(index, trim=not cfg.compile)
             src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, cfg.bf16):
-                logits = stepper(src, src_len, tgt[:, :-1], teacher_forcing=tf)  # (B, T, V)
-                loss = sequence_loss(logits, tgt[:, 1:], model.pad_id)
+            loss = training_step_loss(src, src_len, tgt, tf)
             (loss * weight if ctx.distributed else loss).backward()
             # Clip by global norm: an LSTM's gradient can explode on an unlucky batch, and one huge Adam step
             # would undo many good ones. The returned norm is the one before clipping, which is what we log.

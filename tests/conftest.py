@@ -31,7 +31,7 @@ def tiny_train_config(**overrides) -> TrainConfig:
     values = dict(
         seed=0, device="cpu", bf16=False, batch_size=32, max_epochs=3, lr=0.01, lr_schedule="cosine",
         lr_final_ratio=0.1, clip=1.0, tf_start=1.0, tf_end=0.5, tf_decay_epochs=2, patience=2, min_delta=0.0,
-        system_metrics=False, nproc=1,
+        system_metrics=False, nproc=1, compile=False,
     )  # fmt: skip
     return TrainConfig(**{**values, **overrides})
 

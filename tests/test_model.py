@@ -262,3 +262,41 @@ def test_bf16_autocast_stays_within_tolerance_of_fp32():
         # Per parameter, relative to its own norm, floored: a gradient 1e-5 of the whole is bf16 noise.
         error = (grads16[name] - grad).norm() / grad.norm().clamp_min(1e-3 * flat32.norm())
         assert error < 0.05, f"{name}: relative gradient error {error:.3f}"
+
+
+def _widened(src: torch.Tensor, tgt: torch.Tensor, extra: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch padded `extra` columns wider: a fixed width, as a compiled step's batches have."""
+    return torch.nn.functional.pad(src, (0, extra), value=PAD), torch.nn.functional.pad(tgt, (0, extra), value=PAD)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_static_forward_on_wider_padding_equals_the_packed_forward(num_layers):
+    """The static-shape path (unrolled masked encoder, no packing, no host sync) that torch.compile and CUDA graphs
+    run gives the packed forward's logits on every real position, and the same loss and gradients."""
+    src, src_len, tgt = ragged_batch()
+    wide_src, wide_tgt = _widened(src, tgt)
+    results = []
+    for static, (s, t) in ((False, (src, tgt)), (True, (wide_src, wide_tgt))):
+        model = make_model(num_layers=num_layers)
+        logits = model(s, src_len, t[:, :-1], static=static)  # (B, T, V)
+        sequence_loss(logits, t[:, 1:], PAD).backward()
+        results.append((logits[:, : tgt.shape[1] - 1], {n: p.grad for n, p in model.named_parameters()}))
+    (packed, packed_grads), (static, static_grads) = results
+    real = (tgt[:, 1:] != PAD).unsqueeze(-1).expand_as(packed)
+    torch.testing.assert_close(static[real], packed[real], atol=1e-6, rtol=1e-5)
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(static_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_static_forward_takes_the_teacher_forcing_ratio_as_a_tensor():
+    """A tensor ratio runs the coin path (one compiled graph for a whole schedule): 1 feeds the truth like the
+    float 1.0, and 0 feeds the predictions back like the float 0.0, also on padding the eager path trims away."""
+    model = make_model().eval()
+    src, src_len, tgt = ragged_batch()
+    wide_src, wide_tgt = _widened(src, tgt)
+    width = tgt.shape[1] - 1
+    for ratio in (1.0, 0.0):
+        eager = model(src, src_len, tgt[:, :-1], ratio)
+        static = model(wide_src, src_len, wide_tgt[:, :-1], torch.tensor(ratio), static=True)[:, :width]
+        real = (tgt[:, 1:] != PAD).unsqueeze(-1).expand_as(eager)
+        torch.testing.assert_close(static[real], eager[real], atol=1e-6, rtol=1e-5)

@@ -26,6 +26,7 @@ BAD_CASES = [
     ("train", "patience", 0, "train.patience: must be >= 1"),
     ("train", "nproc", 0, "train.nproc: must be >= 1"),
     ("train", "nproc", 128, "train.batch_size: must be >= nproc (128)"),
+    ("train", "compile", "yes", "train.compile: must be true or false"),
     ("model", "dropout", 1.0, "model.dropout: must be in [0, 1)"),
     ("model", "dropout", -0.1, "model.dropout: must be in [0, 1)"),
     ("model", "hidden_dim", 0, "model.hidden_dim: must be >= 1"),

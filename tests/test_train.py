@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from seq2seq.config import ConfigError
 from seq2seq.model import Seq2Seq
-from seq2seq.train import EarlyStopping, NonFiniteError, fit, learning_rate, teacher_forcing_ratio
+from seq2seq.train import EarlyStopping, NonFiniteError, fit, learning_rate, teacher_forcing_ratio, training_loss
 from tests.conftest import tiny_model_config, tiny_train_config
 
 
@@ -143,3 +144,52 @@ def test_checkpoint_round_trip_is_byte_reproducible(tmp_path, tiny_dataset):
     assert loaded_vocab == vocab and payload["epoch"] == 3 and loaded.cfg == model.cfg and not loaded.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key])
+
+
+def _trace_only(monkeypatch) -> None:
+    """torch.compile as the stage calls it, with the "aot_eager" backend: TorchDynamo and AOTAutograd trace the
+    whole graph that inductor would compile (and CUDA graphs replay), without inductor's minutes of C++ builds
+    on this CPU (benchmarks/throughput.py --compile runs inductor itself)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compile_(fn, **{**kwargs, "backend": "aot_eager"}))
+
+
+def test_the_compiled_step_takes_a_teacher_forcing_tensor_with_eager_gradients(tiny_dataset, monkeypatch):
+    """train.compile below teacher forcing 1: the ratio is a tensor inside one graph. With ratio 0 (every input is
+    the model's prediction, so no coin can differ) the compiled step on fixed-width batches gives the eager
+    step's loss and gradients on trimmed ones."""
+    _trace_only(monkeypatch)
+    _, data = tiny_dataset
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = Seq2Seq(tiny_model_config(), len(tiny_dataset[0]), 0, 1, 2)
+        loss_of = training_loss(model, tiny_train_config(compile=compiled), torch.device("cpu"))
+        loss = loss_of(*data["train"].batch(torch.arange(32), trim=not compiled), 0.0)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
+    for compiled_grad, eager_grad in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-5, rtol=1e-4)
+
+
+def test_fit_with_the_compiled_step_trains_like_eager(tiny_dataset, monkeypatch):
+    """fit with train.compile: fixed-width batches (a last, smaller batch compiles once more) through one traced
+    graph give the eager epoch's training and validation figures."""
+    _trace_only(monkeypatch)
+    vocab, data = tiny_dataset
+    histories = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = Seq2Seq(tiny_model_config(), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+        cfg = tiny_train_config(max_epochs=1, compile=compiled)
+        histories.append(fit(model, data["train"], data["val"], cfg, torch.device("cpu"), log=lambda *a: None).history)
+    (eager,), (compiled,) = histories
+    for key in ("train_loss", "val_loss", "val_token_acc", "val_exact_match", "grad_norm"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
+
+
+def test_compile_with_several_processes_is_refused():
+    with pytest.raises(ConfigError, match="compile: is not supported with nproc > 1"):
+        tiny_train_config(compile=True, nproc=2)
