@@ -103,7 +103,9 @@ def measure(sizes: dict, steps: int, warmup: int, device: torch.device, train_cf
             torch.nn.utils.clip_grad_norm_(compiled.parameters(), 1.0)
             compiled_opt.step()
 
-        contenders["project compiled"] = compiled_step
+        # bf16 (params.yaml's train.bf16) applies on CUDA only: the label says which precision this row ran in.
+        precision = "bf16" if train_cfg.bf16 and device.type == "cuda" else "fp32"
+        contenders[f"compiled {precision}"] = compiled_step
         compiled_step(*batches[0])  # the compilation, outside the clock (the warm-up steps then hit the cache)
     times = dict.fromkeys(contenders, 0.0)
     for i, (src, src_len, tgt) in enumerate(batches):
@@ -137,7 +139,7 @@ def measure(sizes: dict, steps: int, warmup: int, device: torch.device, train_cf
 @click.option("--warmup", default=2, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--compile", "compiled", is_flag=True, help="Also time the compiled step (train.compile).")
-@click.option("--peak-tflops", type=float, default=None, help="The device's peak [CUDA: 989, H100/H200 dense bf16].")
+@click.option("--peak-tflops", type=float, default=None, help="Device peak [CUDA: 989, H100/H200 dense bf16 spec].")
 @click.option("--params", "params_path", type=click.Path(path_type=Path, exists=True), default=Path("params.yaml"))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/throughput.json"))
 def main(
@@ -156,18 +158,18 @@ def main(
         f"training step throughput on {dev} ({platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads), {steps} steps each, interleaved{floor_note}"
     )
-    click.echo(f"{'sizes':<8} {'contender':<17} {'tok/s':>10} {'vs reference':>13} {'TFLOP/s':>8} {'of peak':>8}")
+    click.echo(f"{'sizes':<8} {'contender':<14} {'tok/s':>10} {'vs reference':>13} {'TFLOP/s':>8} {'of peak':>8}")
     for name, r in results.items():
         tokens_per_step = r["sizes"]["batch"] * r["sizes"]["len"]
         for contender, rate in r["tokens_per_s"].items():
             ratio = r["speedups"].get(contender, 1.0)
             tflops = r["achieved_tflops"][contender]
             share = f"{tflops / peak_tflops:.2%}" if peak_tflops else "-"
-            click.echo(f"{name:<8} {contender:<17} {rate:>10.0f} {ratio:>12.2f}x {tflops:>8.3f} {share:>8}")
+            click.echo(f"{name:<8} {contender:<14} {rate:>10.0f} {ratio:>12.2f}x {tflops:>8.3f} {share:>8}")
         if peak_tflops:
             r["floor_tokens_per_s"] = peak_tflops * 1e12 / (r["step_gflop"] * 1e9) * tokens_per_step
             floor = r["floor_tokens_per_s"]
-            click.echo(f"{name:<8} {'FLOP floor':<17} {floor:>10.0f}   ({r['step_gflop']:.2f} GFLOP a step)")
+            click.echo(f"{name:<8} {'FLOP floor':<14} {floor:>10.0f}   ({r['step_gflop']:.2f} GFLOP a step)")
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"device": str(dev), "torch": torch.__version__, "peak_tflops": peak_tflops, "results": results}
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -170,7 +170,7 @@ class Encoded:
 
     def batch(self, index: torch.Tensor, trim: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows `index`, trimmed to the batch's own longest source and target; `trim=False` keeps the split's
-        widths, so that every batch has the same shape (a compiled, CUDA-graphed step wants one shape)."""
+        widths, so that batches of one size have one shape (a compiled, CUDA-graphed step wants few shapes)."""
         src_len = self.src_len[index]
         tgt_len = self.tgt_len[index]
         if not trim:

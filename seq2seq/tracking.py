@@ -397,10 +397,16 @@ def start_helper(env: Mapping[str, str] = os.environ) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", serve], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)
 
 
-def discard_helper(process: subprocess.Popen) -> None:
+def discard_helper(process: subprocess.Popen, timeout: float = 30.0) -> None:
     """Stop a helper from `start_helper` that `run_in_helper` did not use (the stage stopped before training);
-    one that ran its run has exited already, and is left as it is."""
-    if process.poll() is None:
+    one that ran its run has exited already, and is left as it is. Its input closes first: it then returns
+    when its warm-up is done, rather than dying in the middle of it (which may be creating or migrating the
+    store); it is terminated only if it has not returned within `timeout` seconds."""
+    with contextlib.suppress(OSError):
+        process.stdin.close()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
         process.terminate()
         process.wait()
     for pipe in (process.stdin, process.stdout):

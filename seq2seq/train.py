@@ -192,8 +192,9 @@ def training_loss(
     compiled = torch.compile(loss, mode=mode, dynamic=False, fullgraph=True)
 
     def step(src, src_len, tgt, teacher_forcing):
-        # A ratio below 1 goes in as a tensor: one graph for every ratio of a schedule, not one per value.
-        tf = teacher_forcing if teacher_forcing >= 1.0 else torch.tensor(teacher_forcing, device=device)
+        # A ratio below 1 goes in as a tensor: one graph for every ratio of a schedule, not one per value. Filled
+        # on the device (torch.full), not copied from the host, which would wait for the previous step to finish.
+        tf = teacher_forcing if teacher_forcing >= 1.0 else torch.full((), teacher_forcing, device=device)
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are consumed by now
         # allow_rnn: Dynamo refuses any nn.LSTM module; the static path only reads its weights (`masked_lstm`).
         with torch._dynamo.config.patch(allow_rnn=True):

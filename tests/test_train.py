@@ -176,18 +176,21 @@ def test_the_compiled_step_takes_a_teacher_forcing_tensor_with_eager_gradients(t
 
 def test_fit_with_the_compiled_step_trains_like_eager(tiny_dataset, monkeypatch):
     """fit with train.compile: fixed-width batches (a last, smaller batch compiles once more) through one traced
-    graph give the eager epoch's training and validation figures."""
+    graph give the eager epochs' training and validation figures, at teacher forcing 1 (epoch 1) and 0 (epoch 2,
+    the ratio as a tensor; at 0 no coin can differ)."""
     _trace_only(monkeypatch)
     vocab, data = tiny_dataset
     histories = []
     for compiled in (False, True):
         torch.manual_seed(0)
         model = Seq2Seq(tiny_model_config(), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
-        cfg = tiny_train_config(max_epochs=1, compile=compiled)
+        cfg = tiny_train_config(max_epochs=2, tf_end=0.0, tf_decay_epochs=1, compile=compiled)
         histories.append(fit(model, data["train"], data["val"], cfg, torch.device("cpu"), log=lambda *a: None).history)
-    (eager,), (compiled,) = histories
-    for key in ("train_loss", "val_loss", "val_token_acc", "val_exact_match", "grad_norm"):
-        assert compiled[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-6), key
+    eager, compiled = histories
+    assert [row["teacher_forcing"] for row in compiled] == [1.0, 0.0]
+    for eager_row, compiled_row in zip(eager, compiled, strict=True):
+        for key in ("train_loss", "val_loss", "val_token_acc", "val_exact_match", "grad_norm"):
+            assert compiled_row[key] == pytest.approx(eager_row[key], rel=1e-4, abs=1e-6), key
 
 
 def test_compile_with_several_processes_is_refused():
