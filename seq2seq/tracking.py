@@ -431,7 +431,11 @@ def run_in_helper(
     (which took `env`), else one is started here.
     """
     run = HelperRun(process or start_helper(env))
-    run._send("open", stage, run_id)
+    try:
+        run._send("open", stage, run_id)
+    except TrackingError:  # the helper is gone before the run opened: close() never comes to clean up
+        shutil.rmtree(run._files, ignore_errors=True)
+        raise
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     status, error = "FINISHED", None
     try:

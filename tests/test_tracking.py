@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -214,3 +215,17 @@ def test_a_helper_that_cannot_open_the_store_fails_the_stage(tmp_path):
         run.log_metrics({"loss": 0.5}, step=2)
         run.flush()  # the first wait on the helper raises its error
     assert "Broken pipe" not in str(raised.value)
+
+
+def test_a_helper_gone_before_its_run_opens_is_an_error_that_leaves_no_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where HelperRun keeps its artifact copies
+    helper = tracking.start_helper({"DVC_ROOT": str(tmp_path / "store")})
+    helper.kill()
+    helper.wait()
+    with (
+        pytest.raises(tracking.TrackingError, match="logging helper process exited"),
+        tracking.run_in_helper("train", env={"DVC_ROOT": str(tmp_path / "store")}, process=helper),
+    ):
+        pass
+    tracking.discard_helper(helper)
+    assert not list(tmp_path.glob("seq2seq-artifacts-*"))
