@@ -92,33 +92,35 @@ def _wrap(model: Seq2Seq, cfg: ExportConfig) -> tuple[StaticGreedy, tuple[dict, 
     return StaticGreedy(model.cpu().eval(), cfg.max_src_len, cfg.max_tgt_len).eval(), ({0: batch}, {0: batch})
 
 
-def export_program(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, path: Path) -> None:
+def trace(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig) -> torch.export.ExportedProgram:
+    """Greedy decoding traced once by torch.export, with a dynamic batch dimension."""
     wrapper, dynamic = _wrap(model, cfg)
     with _quiet_exporters():
-        program = torch.export.export(wrapper, example_inputs(vocab, cfg), dynamic_shapes=dynamic)
-        torch.export.save(program, path)
+        return torch.export.export(wrapper, example_inputs(vocab, cfg), dynamic_shapes=dynamic)
 
 
-def export_onnx(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, path: Path) -> None:
-    wrapper, dynamic = _wrap(model, cfg)
+def export_onnx(program: torch.export.ExportedProgram, vocab: Vocab, cfg: ExportConfig, path: Path) -> None:
+    """ONNX translated from the program `trace` made (its dynamic batch kept): the two files hold one graph, and
+    the exporter does not trace the model a second time (a third of its time)."""
     with _quiet_exporters(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-        program = torch.onnx.export(
-            wrapper,
+        onnx_program = torch.onnx.export(
+            program,
             example_inputs(vocab, cfg),
             dynamo=True,
-            dynamic_shapes=dynamic,
             input_names=["src", "src_len"],
             output_names=["tokens"],
             verbose=False,
         )
-        program.save(str(path))
+        onnx_program.save(str(path))
 
 
 def write_export(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path, card: str) -> None:
     """Fill `out_dir` with everything needed to serve the model without this repo (or torch, for ONNX)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_program(model, vocab, cfg, out_dir / PROGRAM_FILE)
-    export_onnx(model, vocab, cfg, out_dir / ONNX_FILE)
+    program = trace(model, vocab, cfg)
+    with _quiet_exporters():
+        torch.export.save(program, out_dir / PROGRAM_FILE)
+    export_onnx(program, vocab, cfg, out_dir / ONNX_FILE)
     vocab.save(out_dir / VOCAB_FILE)
     (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     (out_dir / CARD_FILE).write_text(card)
