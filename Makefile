@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 5000
 SERVER_PORT ?= 5001
 JOBS ?= 2
+TEST_JOBS ?= auto
 PROFILE ?= default
 PROMOTE ?= 0
 OVERRIDES ?=
@@ -33,8 +34,8 @@ run: $(STAMP)  ## set up, run the whole pipeline (dvc repro), show the metrics
 	@echo "MLflow store: $$(seq2seq tracking-uri)"
 	@echo "Open the MLflow UI: make ui   (then $$(seq2seq ui-url --port $(PORT)))"
 
-test: $(STAMP)  ## set up and run the tests
-	pytest
+test: $(STAMP)  ## set up and run the tests, a test file per CPU at a time (TEST_JOBS=1: one process)
+	pytest -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)  ## ruff lint and format check
 	ruff check .

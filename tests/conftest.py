@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from seq2seq.data import DataConfig, build_vocab, encode_split, generate_splits
@@ -13,6 +15,14 @@ from seq2seq.model import ModelConfig
 from seq2seq.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (make test), share the cores between the workers: torch in each one taking all of them
+    would have their threads spin against each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def tiny_data_config(**overrides) -> DataConfig:

@@ -29,8 +29,11 @@ GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 
 def env(**extra: str) -> dict[str, str]:
-    """This environment without MLflow/DVC settings, the venv first on PATH, CI=true (no progress bars)."""
+    """This environment without MLflow/DVC settings, the venv first on PATH, CI=true (no progress bars), torch
+    on one thread unless OMP_NUM_THREADS says otherwise: the tiny profile gains nothing from more, and test files
+    run side by side (make test) would have each stage's threads fight over the same cores."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    base.setdefault("OMP_NUM_THREADS", "1")
     base.update(CI="true", PATH=f"{Path(sys.executable).parent}{os.pathsep}{base['PATH']}", **extra)
     return base
 
