@@ -227,7 +227,7 @@ class Seq2Seq(nn.Module):
                 gates = projection(torch.cat([x, h[layer]], -1))  # (B, 4H)
                 if layer == 0:
                     gates = gates + emb_gates[t]
-                h[layer], c[layer] = _lstm_cell(gates, c[layer])  # (B, H) each
+                h[layer], c[layer] = lstm_cell(gates, c[layer])  # (B, H) each
                 x = h[layer]
             outputs.append(torch.cat([x, context], -1))  # (B, 2H): what `Decoder.project` reads
         # (B, T, V): the vocabulary projection waits until after the loop
@@ -265,7 +265,7 @@ def masked_lstm(
     """`lstm` (batch_first) over padded x (B, S, E), unrolled with static shapes and no host sync: each sequence
     keeps its state past its length, so the final states are those a packed call gives. Inter-layer dropout as
     nn.LSTM's. Returns the top layer's outputs (B, S, H), then the final h and c, one (B, H) per layer. Used where
-    packing cannot go: exported graphs, torch.compile and CUDA graphs."""
+    packing cannot go: torch.compile and CUDA graphs (the export runs the same steps as a `scan`)."""
     zeros = x.new_zeros(x.shape[0], lstm.hidden_size)  # (B, H)
     final_h, final_c = [], []
     for layer in range(lstm.num_layers):
@@ -276,7 +276,7 @@ def masked_lstm(
         gates_x = x @ w_ih.T + bias  # (B, S, 4H): the input half of every step at once
         h, c, outputs = zeros, zeros, []
         for t in range(x.shape[1]):
-            h_next, c_next = _lstm_cell(gates_x[:, t] + h @ w_hh.T, c)  # (B, H) each
+            h_next, c_next = lstm_cell(gates_x[:, t] + h @ w_hh.T, c)  # (B, H) each
             valid = (src_len > t).unsqueeze(1)  # (B, 1): past its length a sequence keeps its final state
             h, c = torch.where(valid, h_next, h), torch.where(valid, c_next, c)
             outputs.append(h_next)  # outputs past the length are masked out of the attention
@@ -286,7 +286,7 @@ def masked_lstm(
     return x, final_h, final_c
 
 
-def _lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """nn.LSTMCell's update from its gate pre-activations (B, 4H), in PyTorch's gate order i, f, g, o."""
     i, f, g, o = gates.chunk(4, 1)  # (B, H) each
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
