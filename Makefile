@@ -34,7 +34,7 @@ run: $(STAMP)  ## set up, run the whole pipeline (dvc repro), show the metrics
 	@echo "MLflow store: $$(seq2seq tracking-uri)"
 	@echo "Open the MLflow UI: make ui   (then $$(seq2seq ui-url --port $(PORT)))"
 
-test: $(STAMP)  ## set up and run the tests, a test file per CPU at a time (TEST_JOBS=1: one process)
+test: $(STAMP)  ## set up and run the tests, a test file per CPU at a time (TEST_JOBS=0: in one process)
 	pytest -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)  ## ruff lint and format check

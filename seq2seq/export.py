@@ -150,7 +150,17 @@ def export_onnx(program: torch.export.ExportedProgram, vocab: Vocab, cfg: Export
             output_names=["tokens"],
             verbose=False,
         )
+        _name_batch_axis(onnx_program.model.graph)
         onnx_program.save(str(path))
+
+
+def _name_batch_axis(graph) -> None:
+    """Call the inputs' and output's first axis "batch": from a program the exporter keeps torch's symbol (s28)."""
+    import onnx_ir as ir  # the ONNX exporter's own IR (a dependency of onnxscript)
+
+    symbol = graph.inputs[0].shape[0]
+    for value in [*graph.inputs, *graph.outputs]:
+        value.shape = ir.Shape([ir.SymbolicDim("batch") if dim == symbol else dim for dim in value.shape])
 
 
 def write_export(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path, card: str) -> None:

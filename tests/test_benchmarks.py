@@ -11,7 +11,7 @@ from benchmarks.throughput import seed_sizes, train_step_flops
 
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_the_gemm_floor_times_the_products_the_flop_count_counts(num_layers):
-    sizes = {**seed_sizes(), "num_layers": num_layers, "emb_dim": 96}  # E != H: a swapped dimension would show
+    sizes = {**seed_sizes(), "num_layers": num_layers, "emb_dim": 96}  # E != H: E and H confused would show
     gemms = sum(count * 2 * n * k * m for count, n, k, m in step_gemms(sizes))
     B, S, H = sizes["batch"], sizes["len"], sizes["hidden_dim"]
     attention_vectors = 3 * S * (2 * B * S * H + 2 * B * S * H)  # v^T tanh(.) and the context: not GEMMs

@@ -1,5 +1,7 @@
-"""The committed dvc.lock describes this tree: every code dependency's hash and every params section it records
-are those of the files here, so the committed metrics are those of the committed code and params."""
+"""The committed dvc.lock describes this tree: its stages' commands and dependency lists are dvc.yaml's, and the
+hashes and params sections it records are those of the code, params, metrics and plots here, so the committed
+metrics are those of the committed code and params. (The working tree's files are checked: run it on a clean
+checkout, as CI does, to check a commit.)"""
 
 from __future__ import annotations
 
@@ -16,18 +18,32 @@ def _tracked_files() -> set[str]:
     return set(listed.split())
 
 
-def test_the_lock_records_this_trees_code_and_params():
+def _paths(entries: list) -> list[str]:
+    """dvc.yaml's deps/outs/metrics/plots lists: plain paths or {path: options}."""
+    return [entry if isinstance(entry, str) else next(iter(entry)) for entry in entries]
+
+
+def test_the_lock_records_this_trees_stages_code_params_and_outputs():
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tracked = _tracked_files()
     stale = []
+    assert set(lock["stages"]) == set(pipeline["stages"]), "dvc.lock and dvc.yaml name different stages"
     for stage, entry in lock["stages"].items():
-        for dep in entry.get("deps", []):
-            if dep["path"] not in tracked:  # data and model outputs: DVC's, not git's
-                continue
-            digest = hashlib.md5((ROOT / dep["path"]).read_bytes()).hexdigest()  # DVC 3's file hash
-            if digest != dep["md5"]:
-                stale.append(f"{stage}: {dep['path']} changed")
+        declared = pipeline["stages"][stage]
+        if entry["cmd"] != declared["cmd"]:
+            stale.append(f"{stage}: cmd changed")
+        if {d["path"] for d in entry.get("deps", [])} != set(_paths(declared.get("deps", []))):
+            stale.append(f"{stage}: deps changed")
+        # Code deps, and the outputs git tracks (metrics, plots): the committed files are the ones the lock hashed.
+        for kind, files in (("dep", entry.get("deps", [])), ("output", entry.get("outs", []))):
+            for file in files:
+                if file["path"] not in tracked or (ROOT / file["path"]).is_dir():  # data, models: DVC's
+                    continue
+                digest = hashlib.md5((ROOT / file["path"]).read_bytes()).hexdigest()  # DVC 3's file hash
+                if digest != file["md5"]:
+                    stale.append(f"{stage}: {kind} {file['path']} changed")
         for section, values in entry.get("params", {}).get("params.yaml", {}).items():
             if params.get(section) != values:
                 stale.append(f"{stage}: params.yaml `{section}` changed")
