@@ -358,27 +358,26 @@ def apply_profile(params_path: Path, profile: Path | None, overrides: tuple[str,
     """Merge a profile (a partial params file) and --set overrides into params.yaml, checked strictly first."""
     import io
 
-    import yaml
     from ruamel.yaml import YAML
 
     from seq2seq.files import atomic_write
-    from seq2seq.params import ParamsError, parse_params
+    from seq2seq.params import ParamsError, parse_params, read_yaml
 
     round_trip = YAML()  # keeps params.yaml's comments and order, as `dvc exp run -S` does
     merged = round_trip.load(params_path.read_text())
-    changes = yaml.safe_load(profile.read_text()) if profile else {}
+    changes = read_yaml(profile.read_text()) if profile else {}  # YAML 1.2, as DVC's -S: 1e-3 is a float
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not (sep and dot):
             raise click.BadParameter(f"{item!r} is not SECTION.KEY=VALUE", param_hint="--set")
-        changes.setdefault(section, {})[name] = yaml.safe_load(value)
+        changes.setdefault(section, {})[name] = read_yaml(value)
     for section, values in changes.items():
         if section not in merged or not isinstance(values, dict):
             raise BadParams(f"{profile or '--set'}: {section}: not a section of {params_path}")
         merged[section].update(values)
     try:
-        parse_params(yaml.safe_load(_dump(round_trip, merged, io)))
+        parse_params(read_yaml(_dump(round_trip, merged, io)))
     except (ParamsError, ValueError) as err:
         raise BadParams(f"{params_path} with {profile or 'the overrides'}: {err}") from None
     atomic_write(params_path, lambda tmp: tmp.write_text(_dump(round_trip, merged, io)))

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from seq2seq.config import ConfigError, from_mapping, require
 from seq2seq.data import DataConfig
@@ -56,14 +56,20 @@ def parse_params(raw: Any) -> Params:
     return Params(**{name: from_mapping(cls, raw[name], name) for name, cls in SECTIONS.items()})
 
 
+def read_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC reads params.yaml (`dvc params diff`, `dvc exp show`, the lock): `lr: 1e-3` is the float
+    0.001 there, where a YAML 1.1 reader (PyYAML) would hand the stage the string '1e-3'."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def load_params(path: Path) -> Params:
     """Read and validate params.yaml; raises ParamsError naming the file and the key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except OSError as err:
         raise ParamsError(f"{path}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
+    except YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     try:
         return parse_params(raw)

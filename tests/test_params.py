@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from seq2seq.params import ParamsError, load_params
-from tests.conftest import load_stage
+from tests.conftest import ROOT, load_stage
 
 BAD_CASES = [
     # (section, key, value or DELETE, fragment of the message)
@@ -49,6 +49,17 @@ def test_default_params_load(default_params, tmp_path):
     params = load_params(_write(tmp_path, default_params))
     assert params.flat()["model.hidden_dim"] == default_params["model"]["hidden_dim"]
     assert set(params.flat()) == {f"{s}.{k}" for s, keys in default_params.items() for k in keys}
+
+
+def test_params_read_as_dvc_reads_them(default_params, tmp_path):
+    """YAML 1.2 like DVC: `1e-3` is a float (PyYAML would read a string), `yes` is a string, not a bool (refused)."""
+    text = _write(tmp_path, default_params).read_text()
+    path = tmp_path / "exponent.yaml"
+    path.write_text(text.replace(f"lr: {default_params['train']['lr']}", "lr: 1e-3"))
+    assert "lr: 1e-3" in path.read_text() and load_params(path).train.lr == 0.001
+    path.write_text(text.replace("bf16: true", "bf16: yes"))
+    with pytest.raises(ParamsError, match=r"train\.bf16: .*yes"):
+        load_params(path)
 
 
 @pytest.mark.parametrize(("section", "key", "value", "message"), BAD_CASES)
@@ -109,3 +120,15 @@ def test_too_small_task_space_is_a_params_error(default_params, tmp_path):
     assert result.exit_code == 2, result.output
     assert "data.n_val: could not draw 50 val sources unseen in train" in result.output
     assert not out.exists()
+
+
+def test_apply_profile_reads_overrides_as_dvc_exp_run_does(tmp_path):
+    """`--set train.lr=1e-3` (make retrain OVERRIDES=...) is the float 0.001, as with `dvc exp run -S`; the file's
+    comments stay."""
+    from seq2seq.cli import main
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    result = CliRunner().invoke(main, ["apply-profile", "--params", str(path), "--set", "train.lr=1e-3"])
+    assert result.exit_code == 0, result.output
+    assert load_params(path).train.lr == 0.001 and "# the seed's sizes" in path.read_text()
