@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML, YAMLError
-
 from seq2seq.config import ConfigError, from_mapping, require
 from seq2seq.data import DataConfig
 from seq2seq.evaluation import EvaluateConfig
@@ -59,11 +57,15 @@ def parse_params(raw: Any) -> Params:
 def read_yaml(text: str) -> Any:
     """YAML 1.2, as DVC reads params.yaml (`dvc params diff`, `dvc exp show`, the lock): `lr: 1e-3` is the float
     0.001 there, where a YAML 1.1 reader (PyYAML) would hand the stage the string '1e-3'."""
+    from ruamel.yaml import YAML  # here: the library imports without it (the GPU machine's image has only PyYAML)
+
     return YAML(typ="safe", pure=True).load(text)
 
 
 def load_params(path: Path) -> Params:
     """Read and validate params.yaml; raises ParamsError naming the file and the key."""
+    from ruamel.yaml import YAMLError
+
     path = Path(path)
     try:
         raw = read_yaml(path.read_text())
