@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -80,6 +81,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], health: str, log: Path, attempts: int = 3, seconds: float = 120, **popen):
+    """Run `cmd + --host 127.0.0.1 --port P` until `health` answers; yields its base URL, stops it on exit.
+
+    A free port is released before the server binds it, so a parallel test worker can take it in between: a server
+    that dies of that is started again on another port, rather than failing the test.
+    """
+    for attempt in range(attempts):
+        port = free_port()
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [*cmd, "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, **popen
+            )
+        try:
+            try:
+                wait_for(f"http://127.0.0.1:{port}{health}", process, log, seconds)
+            except AssertionError:
+                if process.poll() is not None and "in use" in log.read_text() and attempt + 1 < attempts:
+                    continue  # the port went to someone else: try another
+                raise
+            yield f"http://127.0.0.1:{port}"
+            return
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:

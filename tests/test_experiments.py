@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import commit, env, free_port, run, tiny_repo, wait_for
+from tests.helpers import commit, env, run, server, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -108,23 +108,14 @@ def test_run_cache_never_skips_the_mlflow_run(repo):
 
 
 def test_queued_experiment_through_a_tracking_server(repo, tmp_path):
-    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
-    log = tmp_path / "server.log"
     cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db"]
-    cmd += ["--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("w") as out:
-        server = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", server, log, seconds=180)
-        uri = f"http://127.0.0.1:{port}"
+    cmd += ["--artifacts-destination", str(store / "artifacts")]
+    with server(cmd, "/health", tmp_path / "server.log", seconds=180, cwd=tmp_path, env=env()) as uri:
         run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.004"], repo)
         _drain_queue(repo, jobs=1, MLFLOW_TRACKING_URI=uri)
         client = _client(uri)
         (name,) = _runs_by_name(client)
         _assert_one_run_with_a_loadable_model(client, name)
         assert any((store / "artifacts").rglob("model.onnx"))  # proxied: stored by the server
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

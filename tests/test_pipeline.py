@@ -16,7 +16,7 @@ import pytest
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.params import load_params
 from tests.conftest import ROOT
-from tests.helpers import env, free_port, run, set_params, tiny_repo, wait_for
+from tests.helpers import env, run, server, set_params, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -141,17 +141,11 @@ def _post(url: str, payload: dict) -> tuple[int, str]:
 
 
 def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
-    port = free_port()
     cmd = ["mlflow", "models", "serve", "-m", "models:/seq2seq@champion", "--env-manager", "local"]
-    log = tmp_path / "server.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=repo, env=env(MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db"), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", server, log)
-        url = f"http://127.0.0.1:{port}/invocations"
+    uri_env = env(MLFLOW_TRACKING_URI=f"sqlite:///{repo}/mlflow.db")
+    run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)  # idempotent: no order needed
+    with server(cmd, "/ping", tmp_path / "server.log", cwd=repo, env=uri_env) as base:
+        url = f"{base}/invocations"
         status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["1 2 3"], ["4 5 6 7"]]}})
         assert status == 200, body
         local = run(["seq2seq", "predict", "--model", "models/export"], repo, stdin="1 2 3\n4 5 6 7\n")
@@ -160,9 +154,6 @@ def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
         assert status == 400 and "unknown token 'x'" in body
         status, body = _post(url, {"not_a_format": []})
         assert 400 <= status < 500 and body
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_repro_reruns_exactly_what_changed(repo, client):
