@@ -1,4 +1,4 @@
-# Two commands for a fresh machine (Python >= 3.10, git, make): `make run` and `make test`.
+# Two commands for a fresh machine (Python >= 3.11, git, make): `make run` and `make test`.
 # Every target sets up .venv from requirements/constraints.txt first; a second call with nothing changed is fast.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -18,7 +18,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements/constraints.txt
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python >= 3.10 is required")'
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'
 	touch $(STAMP)
