@@ -2,7 +2,9 @@
 weights, same batches, interleaved in one process so machine noise hits both alike.
 
 One step = forward + loss + backward + clip_grad_norm_ + Adam step, teacher forcing 1 (the seed's math with the
-coin always heads), dropout as configured. Prints target tokens/s of each and the ratio; writes JSON.
+coin always heads), dropout as configured. Each side steps Adam as its trainer does: the seed's plain
+`torch.optim.Adam`, the project's fused kernel (`seq2seq.train.adam`, the same update). Prints target tokens/s of
+each and the ratio; writes JSON.
 `--compile` adds the project's compiled step (train.compile: torch.compile over static shapes; on CUDA with bf16
 autocast and CUDA graphs, the GPU path), and prints the FLOP floor: the step's matmul FLOPs (forward x 3) at
 the device's peak, `--peak-tflops`, as tokens/s (no step can beat it), and the share of it each one reaches.
@@ -26,7 +28,7 @@ import yaml
 
 from benchmarks.reference import ReferenceSeq2Seq
 from seq2seq.model import ModelConfig, Seq2Seq, sequence_loss
-from seq2seq.train import TrainConfig, training_loss
+from seq2seq.train import TrainConfig, adam, training_loss
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -75,7 +77,7 @@ def measure(sizes: dict, steps: int, warmup: int, device: torch.device, train_cf
     ref = ReferenceSeq2Seq(sizes["vocab"], cfg.emb_dim, cfg.hidden_dim, cfg.num_layers, cfg.dropout)
     ref = ref.to(device).train().load_from(ours)
     compiled = copy.deepcopy(ours) if train_cfg else None
-    ours_opt = torch.optim.Adam(ours.parameters(), lr=1e-3)
+    ours_opt = adam(ours.parameters(), 1e-3)  # the trainer's Adam (fused); the reference keeps the seed's
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
     batch, length = sizes["batch"], sizes["len"]
     generator = torch.Generator().manual_seed(1)
@@ -94,7 +96,7 @@ def measure(sizes: dict, steps: int, warmup: int, device: torch.device, train_cf
 
     contenders = {"reference": ref_step, "project": ours_step}
     if compiled is not None:
-        compiled_opt = torch.optim.Adam(compiled.parameters(), lr=1e-3)
+        compiled_opt = adam(compiled.parameters(), 1e-3)
         compiled_loss = training_loss(compiled, train_cfg, device)
 
         def compiled_step(src, src_len, tgt):

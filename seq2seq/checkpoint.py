@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from seq2seq.data import Vocab
-from seq2seq.files import atomic_write
+from seq2seq.files import InputError, atomic_write, describe
 from seq2seq.model import ModelConfig, Seq2Seq
 
 FORMAT_VERSION = 1
@@ -37,14 +38,34 @@ def save_checkpoint(
     atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
+def _load(path: Path, what: str, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load(weights_only=True), with an InputError naming the file for anything it cannot read."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no {what}; run the train stage first")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # Not torch's message: it suggests weights_only=False, which would run whatever code the file holds.
+        raise InputError(f"{path}: not a {what} (not a torch file of tensors and plain values)") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:  # truncated, not a zip, not a torch file
+        raise InputError(f"{path}: not a readable {what} ({describe(err)})") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{path}: not a {what} (it holds a {type(payload).__name__})")
+    return payload
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Vocab, dict[str, Any]]:
     """Rebuild the model from the checkpoint alone (never from params.yaml); returned in eval mode."""
-    payload = torch.load(path, map_location=device, weights_only=True)
+    payload = _load(path, "checkpoint", device)
     if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
-    vocab = Vocab(payload["vocab"])
-    model = Seq2Seq(ModelConfig(**payload["model_config"]), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
-    model.load_state_dict(payload["state_dict"])
+        raise InputError(f"{path}: checkpoint format {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
+    try:
+        vocab = Vocab(payload["vocab"])
+        model = Seq2Seq(ModelConfig(**payload["model_config"]), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a missing entry; weights of another shape
+        raise InputError(f"{path}: not a usable checkpoint ({describe(err)})") from None
     return model.to(device).eval(), vocab, payload
 
 
@@ -56,7 +77,7 @@ def save_train_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_train_state(path: Path) -> dict[str, Any] | None:
-    """The saved training state, or None when there is none."""
+    """The saved training state, or None when there is none; InputError naming the file if it is unreadable."""
     if not Path(path).is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load(path, "training state")

@@ -100,9 +100,13 @@ def ui_url(port: int) -> None:
 def promote(run_ref: Path) -> None:
     """Register the run's model as `seq2seq`; move the alias `champion` to it only if it beats the champion."""
     from seq2seq import tracking
+    from seq2seq.files import InputError, read_json
     from seq2seq.promotion import KEY_METRIC, TIE_BREAKER, decide
 
-    run_id = json.loads(run_ref.read_text())["run_id"]
+    try:
+        run_id = read_json(run_ref, "run reference")["run_id"]
+    except (InputError, KeyError, TypeError) as err:
+        raise click.ClickException(f"{run_ref}: not a run reference ({err})") from None
     candidate = tracking.run_metrics(run_id)
     current = tracking.champion()
     champion_metrics = tracking.run_metrics(current[1]) if current else None
@@ -151,7 +155,7 @@ def predict(model_ref: str, source) -> None:
             from seq2seq import tracking
 
             predictor = tracking.load_predictor(model_ref)
-    except (OSError, LookupError, ValueError) as err:
+    except (OSError, LookupError, ValueError) as err:  # InputError among them
         raise click.ClickException(f"cannot load the model {model_ref}: {err}") from None
     failed = 0
     for number, result in enumerate(predictor.predict(lines), start=1):
@@ -231,20 +235,32 @@ def _baseline_metrics(rev: str | None, baseline_file: Path | None, metrics_path:
     import subprocess
 
     if baseline_file is not None:
-        return json.loads(baseline_file.read_text()), str(baseline_file)
+        return _metrics_json(baseline_file.read_text(), str(baseline_file)), str(baseline_file)
     shown = subprocess.run(["git", "show", f"{rev}:{metrics_path}"], capture_output=True, text=True, check=False)
     if shown.returncode != 0:
         if "does not exist" in shown.stderr or "exists on disk, but not in" in shown.stderr:
             return None, f"{rev} (no {metrics_path} there yet)"
         raise click.ClickException(f"cannot read {metrics_path} at {rev}: {shown.stderr.strip()}")
-    return json.loads(shown.stdout), f"{metrics_path} at {rev}"
+    return _metrics_json(shown.stdout, f"{metrics_path} at {rev}"), f"{metrics_path} at {rev}"
+
+
+def _metrics_json(text: str, source: str) -> dict:
+    try:
+        metrics = json.loads(text)
+    except ValueError as err:
+        raise click.ClickException(f"{source}: not a metrics file ({err})") from None
+    if not isinstance(metrics, dict):
+        raise click.ClickException(f"{source}: not a metrics file (a JSON {type(metrics).__name__})")
+    return metrics
 
 
 def _gate_checks(params_path: Path, metrics_path: Path, rev: str, baseline_file: Path | None):
     from seq2seq.gate import check
 
     cfg = load_params_or_exit(params_path).gate
-    current = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if not metrics_path.is_file():
+        raise click.ClickException(f"{metrics_path}: no such metrics file; run the pipeline first (dvc repro)")
+    current = _metrics_json(metrics_path.read_text(), str(metrics_path))
     baseline, label = _baseline_metrics(rev, baseline_file, metrics_path)
     return check(current, baseline, cfg), label
 
@@ -358,23 +374,36 @@ def apply_profile(params_path: Path, profile: Path | None, overrides: tuple[str,
     """Merge a profile (a partial params file) and --set overrides into params.yaml, checked strictly first."""
     import io
 
-    from ruamel.yaml import YAML
+    from ruamel.yaml import YAML, YAMLError
 
-    from seq2seq.files import atomic_write
+    from seq2seq.files import atomic_write, describe
     from seq2seq.params import ParamsError, parse_params, read_yaml
 
     round_trip = YAML()  # keeps params.yaml's comments and order, as `dvc exp run -S` does
-    merged = round_trip.load(params_path.read_text())
-    changes = read_yaml(profile.read_text()) if profile else {}  # YAML 1.2, as DVC's -S: 1e-3 is a float
+    try:
+        merged = round_trip.load(params_path.read_text())
+    except (OSError, YAMLError) as err:
+        raise BadParams(f"{params_path}: {describe(err)}") from None
+    try:
+        changes = read_yaml(profile.read_text()) if profile else {}  # YAML 1.2, as DVC's -S: 1e-3 is a float
+    except YAMLError as err:
+        raise BadParams(f"{profile}: not YAML ({describe(err)})") from None
+    if not isinstance(changes, dict):
+        raise BadParams(f"{profile}: a profile maps sections to keys and values, not a {type(changes).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not (sep and dot):
             raise click.BadParameter(f"{item!r} is not SECTION.KEY=VALUE", param_hint="--set")
-        changes.setdefault(section, {})[name] = read_yaml(value)
+        try:
+            changes.setdefault(section, {})[name] = read_yaml(value)
+        except YAMLError as err:
+            raise click.BadParameter(f"{item!r}: the value is not YAML ({describe(err)})", param_hint="--set") from None
     for section, values in changes.items():
-        if section not in merged or not isinstance(values, dict):
+        if section not in merged or not isinstance(merged[section], dict):
             raise BadParams(f"{profile or '--set'}: {section}: not a section of {params_path}")
+        if not isinstance(values, dict):
+            raise BadParams(f"{profile}: {section}: must map keys to values, got {values!r}")
         merged[section].update(values)
     try:
         parse_params(read_yaml(_dump(round_trip, merged, io)))

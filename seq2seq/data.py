@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from seq2seq.config import ConfigError, require
+from seq2seq.files import InputError, describe
 from seq2seq.vocab import SPECIALS, VOCAB_FILE, Vocab
 
 PLUS = "+"
@@ -101,7 +102,8 @@ def generate_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str,
     stats = {"resampled_overlap": 0}
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test, "test_long": cfg.n_test_long}
     for index, split in enumerate(SPLITS):
-        # One independent stream per split, so resizing one split leaves the others' examples unchanged.
+        # One independent stream per split: resizing an evaluation split leaves every other split unchanged.
+        # (Resizing train can change the others: their sources that train now holds are drawn again.)
         rng = np.random.default_rng([cfg.seed, index])
         lo, hi = (cfg.max_len + 1, cfg.long_max_len) if split == "test_long" else (cfg.min_len, cfg.max_len)
         rows: list[tuple[str, str]] = []
@@ -146,14 +148,32 @@ def write_dataset(out_dir: Path, frames: dict[str, pd.DataFrame], vocab: Vocab) 
 
 
 def read_split(data_dir: Path, split: str) -> pd.DataFrame:
+    """A split's frame (columns src, tgt); InputError naming the file if it is missing or malformed."""
     path = Path(data_dir) / f"{split}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"no {split} split at {path}; run the generate stage first")
-    return pd.read_parquet(path)
+        raise InputError(f"{path}: no {split} split; run the generate stage first")
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError, TypeError) as err:  # pyarrow's errors derive from these
+        raise InputError(f"{path}: not a readable parquet file ({describe(err)})") from None
+    missing = sorted({"src", "tgt"} - set(frame.columns))
+    if missing:
+        raise InputError(f"{path}: no {', '.join(missing)} column (it has {', '.join(map(str, frame.columns))})")
+    return frame
 
 
 def read_vocab(data_dir: Path) -> Vocab:
     return Vocab.load(Path(data_dir) / VOCAB_FILE)
+
+
+def load_split(data_dir: Path, split: str, vocab: Vocab) -> Encoded:
+    """`read_split` then `encode_split`, with an InputError naming the file for text the vocabulary cannot encode."""
+    frame = read_split(data_dir, split)
+    try:
+        return encode_split(frame, vocab)
+    except (KeyError, AttributeError, TypeError) as err:  # an unknown token; a value that is not text
+        detail = err.args[0] if isinstance(err, KeyError) else describe(err)
+        raise InputError(f"{Path(data_dir) / f'{split}.parquet'}: {detail} (vocabulary {VOCAB_FILE})") from None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import sacrebleu
 import torch
@@ -36,8 +37,14 @@ class EvaluateConfig:
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
-    """Corpus BLEU in [0, 1] over whitespace tokens (sacrebleu, no further tokenisation of the symbols)."""
-    return sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none").score / 100.0
+    """Corpus BLEU in [0, 1] over whitespace tokens (sacrebleu, no further tokenisation of the symbols).
+
+    N-grams up to 4, or up to the longest reference's length when that is shorter: where no reference has a
+    4-gram, BLEU-4 is 0 whatever the predictions (its 4-gram precision is 0 of 0), even for perfect ones.
+    """
+    order = max(1, min(4, max((len(r.split()) for r in references), default=1)))
+    bleu = sacrebleu.metrics.BLEU(tokenize="none", max_ngram_order=order)
+    return bleu.corpus_score(hypotheses, [references]).score / 100.0
 
 
 def exact_match_by_length(src_len: pd.Series, exact: pd.Series) -> pd.DataFrame:
@@ -94,8 +101,9 @@ def evaluate(model: Seq2Seq, data: Encoded, vocab: Vocab, cfg: EvaluateConfig, d
 @torch.no_grad()
 def attention_samples(
     model: Seq2Seq, data: Encoded, vocab: Vocab, count: int, max_extra_len: int, device: torch.device
-) -> list[tuple[list[str], list[str], torch.Tensor]]:
-    """The first `count` examples greedily decoded: (source tokens, predicted tokens, weights (T, S))."""
+) -> list[tuple[list[str], list[str], np.ndarray]]:
+    """The first `count` examples greedily decoded: (source tokens, predicted tokens, weights (T, S)); the weights
+    as a NumPy array, which is what the plots take (matplotlib converts a tensor through a deprecated path)."""
     model.eval()
     count = min(count, len(data))
     if count == 0:
@@ -107,5 +115,5 @@ def attention_samples(
         steps = out.index(vocab.eos_id) + 1 if vocab.eos_id in out else len(out)
         source = [vocab.tokens[i] for i in row[:length]]
         predicted = [vocab.tokens[i] for i in out[:steps]]
-        samples.append((source, predicted, attn[:steps, :length]))
+        samples.append((source, predicted, attn[:steps, :length].float().numpy()))
     return samples

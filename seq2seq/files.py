@@ -11,18 +11,59 @@ from pathlib import Path
 from typing import Any
 
 
+class InputError(ValueError):
+    """An input file is missing, unreadable or not what it should be; the message names the file."""
+
+
+def describe(err: BaseException) -> str:
+    """`Type: first line of the message`, short: the cause to print after the file's name."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file another stage wrote; InputError naming the file if it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no {what}") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable {what} ({describe(err)})") from None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call write(tmp_path) on a sibling temp file, then rename it over `path`."""
+    """Call write(tmp_path) on a sibling temp file, then rename it over `path`.
+
+    The file is flushed to disk before the rename and the folder after it: without that, a lost machine (power,
+    a killed VM) can leave the new name pointing at a file whose bytes never reached the disk.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        Path(tmp).chmod(0o666 & ~_umask())  # mkstemp makes 0600; the file should look like any the user writes
         write(Path(tmp))
+        _fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -34,9 +75,7 @@ def atomic_dir(path: Path, fill: Callable[[Path], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any folder the user makes
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like any folder the user makes
     try:
         fill(tmp)
         if path.exists():

@@ -6,12 +6,12 @@ problem instead of a prediction, and never stops the other lines.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from seq2seq.files import InputError, describe, read_json
 from seq2seq.vocab import VOCAB_FILE, Vocab
 
 # The export folder's layout (seq2seq/export.py writes it).
@@ -35,11 +35,14 @@ class Predictor:
         export_dir = Path(export_dir)
         if not (export_dir / ONNX_FILE).is_file():
             raise FileNotFoundError(f"{export_dir} is not an export folder (no {ONNX_FILE}); run the export stage")
-        self.config = json.loads((export_dir / CONFIG_FILE).read_text())
+        self.config = read_json(export_dir / CONFIG_FILE, "export config")
         self.vocab = Vocab.load(export_dir / VOCAB_FILE)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
-        self.session = onnxruntime.InferenceSession(str(export_dir / ONNX_FILE), options)
+        try:
+            self.session = onnxruntime.InferenceSession(str(export_dir / ONNX_FILE), options)
+        except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail), not OSError or ValueError
+            raise InputError(f"{export_dir / ONNX_FILE}: not a loadable ONNX model ({describe(err)})") from None
 
     def encode(self, line: str) -> list[int]:
         """Ids of one source line; ValueError naming the problem."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import json
 import logging
 import os
 import pickle
@@ -24,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from seq2seq.files import InputError, read_json, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,9 +139,7 @@ class Run:
 
     def write_reference(self, path: Path) -> None:
         """The small file the next stage reads to append to this run."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ref = {"run_id": self.run_id, "experiment_id": self.experiment_id}
-        path.write_text(json.dumps(ref, indent=2) + "\n")
+        write_json(path, {"experiment_id": self.experiment_id, "run_id": self.run_id})
 
     @contextlib.contextmanager
     def system_metrics(self, enabled: bool) -> Iterator[None]:
@@ -240,26 +239,72 @@ def continue_run(
     When that run already has this stage (only part of the pipeline reran: a changed evaluate param, or a train
     stage that DVC restored from its run-cache), appending would overwrite the earlier results; a new run then
     continues it instead: the params of the `inherit` sections, the tags and the latest metric values are
-    copied, and a `continues_run` tag points back.
+    copied, and a `continues_run` tag points back. A watchdog process marks the run KILLED if this process dies
+    without closing it (SIGKILL, the OOM killer), so it is never left RUNNING.
     """
-    ref = json.loads(Path(reference).read_text())
-    client, experiment_id = _client(env)
     uri = resolve_tracking_uri(env)
-    previous = client.get_run(ref["run_id"])
-    if f"{STAGE_TAG}.{stage}" in previous.data.tags:
+    try:
+        run_id = read_json(reference, "run reference")["run_id"]
+    except (InputError, KeyError, TypeError) as err:
+        raise TrackingError(f"{reference}: not a run reference ({err})") from None
+    try:
+        client, experiment_id = _client(env)
+    except Exception as err:  # an unusable store: a wrong URI, an unreachable server
+        raise TrackingError(f"MLflow: {type(err).__name__}: {err}") from None
+    try:
+        previous = client.get_run(run_id)
+    except Exception as err:  # MlflowException (RESOURCE_DOES_NOT_EXIST), or a store that fails to answer
+        raise TrackingError(
+            f"{reference} names MLflow run {run_id}, which {uri} does not hold ({type(err).__name__}): "
+            "its training was tracked in another store; retrain to track it here (dvc repro --force train)"
+        ) from None
+    fresh = f"{STAGE_TAG}.{stage}" in previous.data.tags
+    if fresh:
         tags = {k: v for k, v in previous.data.tags.items() if not k.startswith((f"{STAGE_TAG}.", "mlflow."))}
         tags.update(run_tags(env), continues_run=previous.info.run_id)
         name = env.get("DVC_EXP_NAME") or previous.info.run_name
-        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        run = Run(client, run_id, experiment_id, uri)
-        run.log_params({k: v for k, v in previous.data.params.items() if k.split(".")[0] in inherit})
-        run.log_metrics(previous.data.metrics)
+        run = Run(client, client.create_run(experiment_id, run_name=name, tags=tags).info.run_id, experiment_id, uri)
     else:
         client.update_run(previous.info.run_id, status="RUNNING")
         run = Run(client, previous.info.run_id, experiment_id, uri)
-    with _lifecycle(client, run.run_id):
+    with _watchdog(run.run_id, env), _lifecycle(client, run.run_id):
+        if fresh:  # inside the lifecycle: a failure here closes the new run as FAILED
+            run.log_params({k: v for k, v in previous.data.params.items() if k.split(".")[0] in inherit})
+            run.log_metrics(previous.data.metrics)
         yield run
         run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
+
+
+def _child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A helper process resolves the store from `env` alone, with this process's environment for the rest."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | dict(env)
+
+
+@contextlib.contextmanager
+def _watchdog(run_id: str, env: Mapping[str, str]) -> Iterator[None]:
+    """A process that waits on a pipe from this one and marks `run_id` KILLED if the pipe closes without a word:
+    this process died where no handler runs. It has its own session, so a signal to this process's group (DVC
+    stopping its stage, `kill -9 -PGID`) does not take it down too; until then it only waits, importing nothing."""
+    watch = "from seq2seq.tracking import _watch; _watch()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", watch, run_id], stdin=subprocess.PIPE, env=_child_env(env), start_new_session=True
+    )
+    try:
+        yield
+    finally:  # the run is closed by now (FINISHED, FAILED or KILLED): the watchdog may go
+        with contextlib.suppress(OSError):
+            process.stdin.write(b"closed")
+            process.stdin.close()
+        process.wait()
+
+
+def _watch() -> None:
+    """The watchdog process of `_watchdog` (argv[1]: the run id)."""
+    if sys.stdin.buffer.read() == b"closed":
+        return
+    client, _ = _client(os.environ)
+    if client.get_run(sys.argv[1]).info.status == "RUNNING":
+        client.set_terminated(sys.argv[1], status="KILLED")
 
 
 @contextlib.contextmanager
@@ -392,9 +437,15 @@ def start_helper(env: Mapping[str, str] = os.environ) -> subprocess.Popen:
     """
     # os._exit: the helper has replied and flushed; tearing down MLflow's modules would only delay the trainer.
     serve = "from seq2seq.tracking import _serve; _serve(); import os, sys; sys.stderr.flush(); os._exit(0)"
-    # The helper resolves the store from `env` alone, with this process's environment for the rest (PATH, HOME).
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | dict(env)
-    return subprocess.Popen([sys.executable, "-c", serve], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)
+    # Its own session: a SIGKILL to the stage's process group (`kill -9 -PGID`) must leave it alive to see its
+    # input close and mark the run KILLED.
+    return subprocess.Popen(
+        [sys.executable, "-c", serve],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_child_env(env),
+        start_new_session=True,
+    )
 
 
 def discard_helper(process: subprocess.Popen, timeout: float = 30.0) -> None:

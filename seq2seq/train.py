@@ -207,6 +207,14 @@ def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with torch's fused kernel where it has one (CPU and CUDA): one pass over each parameter where the plain
+    implementation runs about ten elementwise ops per parameter tensor. Same update rule and defaults."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
 def fit(
     model: Seq2Seq,
     train: Encoded,
@@ -234,7 +242,7 @@ def fit(
         ids = [device.index] if device.type == "cuda" else None
         # DDP broadcasts rank 0's weights now and averages the gradients inside backward().
         stepper = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = adam(model.parameters(), cfg.lr)
     training_step_loss = training_loss(stepper, cfg, device)
     stopper = EarlyStopping(cfg.patience, cfg.min_delta)
     shuffle = torch.Generator()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seq2seq.files import InputError, describe
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 VOCAB_FILE = "vocab.json"
@@ -51,4 +53,10 @@ class Vocab:
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
-        return cls(json.loads(Path(path).read_text())["tokens"])
+        """The vocabulary `save` wrote; InputError naming the file if it is missing or malformed."""
+        try:
+            return cls(json.loads(Path(path).read_text())["tokens"])
+        except FileNotFoundError:
+            raise InputError(f"{path}: no vocabulary file") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable, not JSON, wrong shape
+            raise InputError(f"{path}: not a vocabulary file ({describe(err)})") from None

@@ -15,9 +15,10 @@ import pandas as pd
 from seq2seq import tracking
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.cli import input_path, load_params_or_exit, output_path, params_option
-from seq2seq.data import encode_split, read_split
+from seq2seq.data import load_split
 from seq2seq.evaluation import attention_samples, evaluate
-from seq2seq.files import atomic_dir, write_json
+from seq2seq.files import InputError, atomic_dir, describe, write_json
+from seq2seq.params import Params
 from seq2seq.plots import attention_heatmap, exact_match_by_length, loss_curves
 from seq2seq.train import resolve_device
 
@@ -33,8 +34,16 @@ SPLITS = ("test", "test_long")
 @output_path("--out-run-ref", "out_run_ref")
 @output_path("--metrics", "metrics_path")
 @output_path("--by-length", "by_length_dir", directory=True)
-def main(
-    params_path: Path,
+def main(params_path: Path, **paths: Path) -> None:
+    params = load_params_or_exit(params_path)
+    try:
+        evaluate_stage(params, **paths)
+    except (InputError, tracking.TrackingError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def evaluate_stage(
+    params: Params,
     data_dir: Path,
     checkpoint_path: Path,
     run_ref: Path,
@@ -43,20 +52,17 @@ def main(
     metrics_path: Path,
     by_length_dir: Path,
 ) -> None:
-    params = load_params_or_exit(params_path)
     cfg = params.evaluate
-    device = resolve_device("auto")
+    try:
+        device = resolve_device(params.train.device)  # where the model trained, unless that device is missing
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
     model, vocab, _ = load_checkpoint(checkpoint_path, device)
-    history = pd.read_csv(history_path).to_dict("records")
-    encoded = {split: encode_split(read_split(data_dir, split), vocab) for split in SPLITS}
+    history = read_history(history_path)
+    encoded = {split: load_split(data_dir, split, vocab) for split in SPLITS}
     results = {split: evaluate(model, encoded[split], vocab, cfg, device) for split in SPLITS}
-
-    write_json(metrics_path, {split: result.metrics for split, result in results.items()})
     tables = {split: result.by_length for split, result in results.items()}
-    atomic_dir(
-        by_length_dir,
-        lambda tmp: [table.to_csv(tmp / f"{split}.csv", index=False) for split, table in tables.items()],
-    )
+
     with tracking.continue_run(run_ref, "evaluate", inherit=("data", "model", "train")) as run:
         run.log_params(params.flat("evaluate"))
         run.log_metrics({f"{split}_{k}": v for split, r in results.items() for k, v in r.metrics.items()})
@@ -70,9 +76,23 @@ def main(
             for i, (source, predicted, weights) in enumerate(samples):
                 attention_heatmap(source, predicted, weights, Path(tmp) / f"attention_{i}.png")
                 run.log_artifact(Path(tmp) / f"attention_{i}.png", "attention")
+        # The outputs last, once the run holds everything: a run that cannot be logged leaves none behind.
+        write_json(metrics_path, {split: result.metrics for split, result in results.items()})
+        atomic_dir(
+            by_length_dir,
+            lambda tmp: [table.to_csv(tmp / f"{split}.csv", index=False) for split, table in tables.items()],
+        )
         run.write_reference(out_run_ref)
     summary = "  ".join(f"{s} exact match {r.metrics['exact_match']:.4f}" for s, r in results.items())
     click.echo(f"{summary}; run {run.run_id}")
+
+
+def read_history(path: Path) -> list[dict]:
+    """The train stage's per-epoch history (plots/train_history.csv)."""
+    try:
+        return pd.read_csv(path).to_dict("records")
+    except (OSError, ValueError) as err:  # missing, empty, not CSV
+        raise InputError(f"{path}: not a readable training history ({describe(err)})") from None
 
 
 if __name__ == "__main__":

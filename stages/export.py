@@ -4,7 +4,6 @@ a pyfunc model (DataFrame `source` -> `prediction`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -13,7 +12,8 @@ from seq2seq import tracking
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.cli import input_path, load_params_or_exit, output_path, params_option
 from seq2seq.export import model_card, write_export
-from seq2seq.files import atomic_dir
+from seq2seq.files import InputError, atomic_dir, read_json
+from seq2seq.params import Params
 
 RUN_REF_FILE = "mlflow_run.json"
 
@@ -29,11 +29,22 @@ def main(
     params_path: Path, checkpoint_path: Path, run_ref: Path, train_metrics: Path, eval_metrics: Path, out_dir: Path
 ) -> None:
     params = load_params_or_exit(params_path)
+    try:
+        export_stage(params, checkpoint_path, run_ref, train_metrics, eval_metrics, out_dir)
+    except (InputError, tracking.TrackingError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def export_stage(
+    params: Params, checkpoint_path: Path, run_ref: Path, train_metrics: Path, eval_metrics: Path, out_dir: Path
+) -> None:
     model, vocab, _ = load_checkpoint(checkpoint_path, "cpu")
-    evaluation = json.loads(eval_metrics.read_text())
+    evaluation = read_json(eval_metrics, "metrics file")
     flat_eval = {f"{split}_{k}": v for split, values in evaluation.items() for k, v in values.items()}
-    card = model_card(params.flat(), json.loads(train_metrics.read_text()), flat_eval, params.export)
-    example = [" ".join(vocab.tokens[4:9]), " ".join(vocab.tokens[5:7])]  # any in-vocabulary sources will do
+    card = model_card(params.flat(), read_json(train_metrics, "metrics file"), flat_eval, params.export)
+    # Any in-vocabulary sources will do, within the exported length limit (MLflow checks the example).
+    width = params.export.max_src_len
+    example = [" ".join(vocab.tokens[4 : 4 + min(5, width)]), " ".join(vocab.tokens[5 : 5 + min(2, width)])]
 
     with tracking.continue_run(run_ref, "export", inherit=("data", "model", "train", "evaluate")) as run:
         run.log_params(params.flat("export"))

@@ -27,6 +27,7 @@ import click
 # MLflow helper (see there).
 from seq2seq import tracking
 from seq2seq.cli import command_line, input_path, load_params_or_exit, output_path, params_option
+from seq2seq.files import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +62,11 @@ def resumable(state_path: Path, expected: str) -> dict | None:
     """The saved state if it belongs to an unfinished run of these params and data; else None (start fresh)."""
     from seq2seq.checkpoint import load_train_state
 
-    state = load_train_state(state_path)
+    try:
+        state = load_train_state(state_path)
+    except InputError as err:  # e.g. a disk that lost the last write: the state only saves time, start over
+        click.echo(f"warning: ignoring the saved training state: {err}; training starts from epoch 1", err=True)
+        return None
     if state is None or state.get("fingerprint") != expected or state.get("complete"):
         return None
     return state
@@ -113,7 +118,7 @@ def stage(params_path: Path, data_dir: Path, helper: subprocess.Popen | None, ou
         raise click.ClickException(str(err)) from None
     try:
         train(params, params_path, data_dir, device, ctx, out, helper)
-    except (tracking.TrackingError, FileNotFoundError) as err:  # missing data, an unusable store
+    except (tracking.TrackingError, InputError) as err:  # missing or malformed data, an unusable store
         raise click.ClickException(str(err) if ctx.is_main else f"rank {ctx.rank}: {err}") from None
     except click.ClickException as err:
         if not ctx.is_main:  # every process may say it: say which
@@ -164,13 +169,13 @@ def train(
     import torch
 
     from seq2seq.checkpoint import save_checkpoint, save_train_state
-    from seq2seq.data import dataset_digest, encode_split, read_split, read_vocab
+    from seq2seq.data import dataset_digest, load_split, read_vocab
     from seq2seq.files import atomic_write, write_json
     from seq2seq.model import Seq2Seq
 
     vocab = read_vocab(data_dir)
-    train_set = encode_split(read_split(data_dir, "train"), vocab)
-    val_set = encode_split(read_split(data_dir, "val"), vocab)
+    train_set = load_split(data_dir, "train", vocab)
+    val_set = load_split(data_dir, "val", vocab)
     digest = dataset_digest(data_dir)
     expected = fingerprint(params, digest)
     state = resumable(out.state_path, expected)
@@ -185,11 +190,20 @@ def train(
     run_id = state["run_id"] if state else None
     with tracking.run_in_helper("train", run_id=run_id, process=helper) as run:
         if state:
+            try:
+                run.experiment_id  # noqa: B018 (waits until the helper has reopened the run, before any training)
+            except tracking.TrackingError as err:
+                raise click.ClickException(
+                    f"{out.state_path} resumes MLflow run {state['run_id']}, which cannot be reopened ({err}); "
+                    f"delete {out.state_path} to train from scratch"
+                ) from None
             click.echo(f"resuming after epoch {state['epoch']} (MLflow run {state['run_id']})", err=True)
             run.set_tags({"resumed_after_epoch": str(state["epoch"])})
         else:
             run.log_params(params.flat(*SECTIONS))
-            run.set_tags({"data_digest": digest, "device": str(device), "processes": str(ctx.world)})
+            # The thread count is part of what makes a CPU run byte-reproducible: another one sums in another order.
+            tags = {"data_digest": digest, "device": str(device), "processes": str(ctx.world)}
+            run.set_tags(tags | {"torch_threads": str(torch.get_num_threads())})
             run.log_artifact(params_path)
         last_state: dict = {}
 
@@ -213,6 +227,7 @@ def train(
         extra = {"epoch": result.best_epoch, "metrics": summary}
         save_checkpoint(out.checkpoint_path, model, vocab, extra, state_dict=result.best_state)
         save_train_state(out.state_path, {**last_state, "complete": True})
+        best_metrics = {f"best_{k}": v for k, v in summary.items()}
         summary.update(best_epoch=result.best_epoch, epochs_run=len(result.history))
         write_json(out.metrics_path, summary)
         total_s = sum(row["epoch_time_s"] for row in result.history)
@@ -223,7 +238,7 @@ def train(
         columns = [k for k in result.history[0] if k not in TIMING_KEYS]
         history = pd.DataFrame(result.history)[columns]
         atomic_write(out.history_path, lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
-        run.log_metrics({f"best_{k}": v for k, v in summary.items()} | peak)
+        run.log_metrics(best_metrics | {"best_epoch": result.best_epoch, "epochs_run": len(result.history)} | peak)
     click.echo(f"best epoch {result.best_epoch}: val exact match {best['val_exact_match']:.4f}; run {run.run_id}")
 
 

@@ -99,3 +99,19 @@ def test_encoded_batches_are_trimmed_and_wrapped():
     assert (tgt[:, 0] == vocab.bos_id).all()
     for row, n in zip(tgt, data.tgt_len[:3], strict=True):
         assert row[n - 1] == vocab.eos_id and (row[n:] == vocab.pad_id).all()
+
+
+def test_atomic_outputs_get_the_modes_any_file_the_user_writes_gets(tmp_path):
+    import os
+
+    from seq2seq.files import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        atomic_dir(tmp_path / "folder", lambda tmp: (tmp / "x.csv").write_text("x\n"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -38,6 +38,9 @@ def test_corpus_bleu():
     assert corpus_bleu(["9 9 9 9 9", "0 0 0 0"], refs) == pytest.approx(0.0)
     partial = corpus_bleu(["1 2 3 4 0", "6 7 8 9"], refs)
     assert 0.3 < partial < 1.0
+    short = ["1 2", "3 4 5"]  # no reference has a 4-gram: BLEU-4 would be 0 even for perfect predictions
+    assert corpus_bleu(short, short) == pytest.approx(1.0)
+    assert 0.0 < corpus_bleu(["1 2", "3 4 0"], short) < 1.0
 
 
 def test_exact_match_by_length():

@@ -24,6 +24,12 @@ def _paths(entries: list) -> list[str]:
     return [entry if isinstance(entry, str) else next(iter(entry)) for entry in entries]
 
 
+def _lookup(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params.get(part) if isinstance(params, dict) else None
+    return params
+
+
 def test_the_lock_records_this_trees_stages_code_params_and_outputs():
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
     pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
@@ -45,7 +51,7 @@ def test_the_lock_records_this_trees_stages_code_params_and_outputs():
                 digest = hashlib.md5((ROOT / file["path"]).read_bytes()).hexdigest()  # DVC 3's file hash
                 if digest != file["md5"]:
                     stale.append(f"{stage}: {kind} {file['path']} changed")
-        for section, values in entry.get("params", {}).get("params.yaml", {}).items():
-            if params.get(section) != values:
-                stale.append(f"{stage}: params.yaml `{section}` changed")
+        for key, values in entry.get("params", {}).get("params.yaml", {}).items():
+            if _lookup(params, key) != values:  # a section, or one dotted key (train.device)
+                stale.append(f"{stage}: params.yaml `{key}` changed")
     assert not stale, "dvc.lock is stale; run `dvc repro` and commit dvc.lock and metrics/:\n" + "\n".join(stale)

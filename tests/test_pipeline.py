@@ -68,6 +68,8 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
         assert [m.step for m in client.get_metric_history(logged.info.run_id, key)] == list(range(1, epochs + 1)), key
     head = run(["git", "rev-parse", "HEAD"], repo).strip()
     assert logged.data.tags["git_commit"] == head and len(logged.data.tags["data_digest"]) == 64
+    assert logged.data.tags["torch_threads"] == env()["OMP_NUM_THREADS"]  # what the stages ran with
+    assert "best_best_epoch" not in logged.data.metrics and logged.data.metrics["best_epoch"] >= 1
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert {"params.yaml", "plots", "attention", "predictions"} <= artifacts
     plots = {a.path for a in client.list_artifacts(logged.info.run_id, "plots")}

@@ -186,6 +186,13 @@ def test_a_helper_started_ahead_opens_its_run_only_when_asked(tmp_path):
     assert len(client.search_runs([run.experiment_id])) == 1
 
 
+def _wait_while_running(client, run_id: str, seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return client.get_run(run_id).info.status
+
+
 def test_a_helper_marks_the_run_killed_when_the_trainer_is_killed(store, tmp_path):
     env, client = store
     script = textwrap.dedent(f"""
@@ -195,14 +202,38 @@ def test_a_helper_marks_the_run_killed_when_the_trainer_is_killed(store, tmp_pat
             print(run.run_id, flush=True)
             time.sleep(600)
     """)
-    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as trainer:
+    cmd = [sys.executable, "-c", script]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True) as trainer:
         run_id = trainer.stdout.readline().strip()
         assert client.get_run(run_id).info.status == "RUNNING"
-        os.kill(trainer.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert client.get_run(run_id).info.status == "KILLED"
+        os.killpg(trainer.pid, signal.SIGKILL)  # its whole process group, as `kill -9 -PGID` or a CI timeout does
+    assert _wait_while_running(client, run_id) == "KILLED"
+
+
+@pytest.mark.parametrize("appends", [True, False], ids=["appending", "new-run"])
+def test_a_stage_killed_while_it_continues_a_run_leaves_it_killed(store, tmp_path, appends):
+    """Evaluate and export log in-process through continue_run: a SIGKILL there must not leave a run RUNNING."""
+    env, client = store
+    with tracking.start_run("train", env=env) as train:
+        train.write_reference(tmp_path / "run.json")
+    if not appends:  # evaluate ran on this training run before: the next evaluation is a new run
+        with tracking.continue_run(tmp_path / "run.json", "evaluate", ("train",), env):
+            pass
+    script = textwrap.dedent(f"""
+        import time
+        from seq2seq import tracking
+        env = {{"DVC_ROOT": {env["DVC_ROOT"]!r}}}
+        with tracking.continue_run({str(tmp_path / "run.json")!r}, "evaluate", ("train",), env) as run:
+            print(run.run_id, flush=True)
+            time.sleep(600)
+    """)
+    cmd = [sys.executable, "-c", script]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True) as stage:
+        run_id = stage.stdout.readline().strip()
+        assert (run_id == train.run_id) == appends
+        assert client.get_run(run_id).info.status == "RUNNING"
+        os.killpg(stage.pid, signal.SIGKILL)
+    assert _wait_while_running(client, run_id) == "KILLED"
 
 
 def test_a_helper_that_cannot_open_the_store_fails_the_stage(tmp_path):

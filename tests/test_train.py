@@ -10,7 +10,15 @@ import torch
 
 from seq2seq.config import ConfigError
 from seq2seq.model import Seq2Seq
-from seq2seq.train import EarlyStopping, NonFiniteError, fit, learning_rate, teacher_forcing_ratio, training_loss
+from seq2seq.train import (
+    EarlyStopping,
+    NonFiniteError,
+    adam,
+    fit,
+    learning_rate,
+    teacher_forcing_ratio,
+    training_loss,
+)
 from tests.conftest import tiny_model_config, tiny_train_config
 
 
@@ -41,6 +49,25 @@ def test_early_stopping_counts_epochs_without_improvement():
 def _model(seed: int = 0, **overrides) -> Seq2Seq:
     torch.manual_seed(seed)
     return Seq2Seq(tiny_model_config(**overrides), 12, 0, 1, 2)
+
+
+def test_the_fused_adam_steps_like_the_plain_one():
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(8, 4)
+    fused = torch.nn.Linear(8, 4)
+    fused.load_state_dict(plain.state_dict())
+    initial = plain.weight.detach().clone()
+    optimizers = [torch.optim.Adam(plain.parameters(), lr=0.01), adam(fused.parameters(), 0.01)]
+    assert optimizers[1].defaults["fused"]  # the fast kernel is the one under test
+    for _ in range(5):
+        x = torch.randn(16, 8)
+        for model, optimizer in zip((plain, fused), optimizers, strict=True):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(plain.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert (plain.weight - initial).abs().max() > 0.02  # they did step (lr 0.01, 5 steps)
 
 
 def test_fit_logs_each_epoch_keeps_the_best_weights_and_learns(tiny_dataset):

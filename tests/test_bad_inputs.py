@@ -1,0 +1,146 @@
+"""Broken input files (data, vocabulary, checkpoint, training state, run reference, metrics) stop a stage with one
+line that names the file, exit 1, no traceback, and no output written; a run that cannot be logged leaves none."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tests.conftest import ROOT, load_stage
+from tests.helpers import TINY
+from tests.test_params import stage_args
+
+
+def _invoke(stage: str, args: list[str]):
+    return CliRunner().invoke(load_stage(stage), args)
+
+
+def _evaluate_args(work: Path, out: Path) -> list[str]:
+    args = ["--params", str(work / "params.yaml"), "--data", str(work / "gen" / "data")]
+    args += ["--checkpoint", str(work / "train" / "model.pt"), "--run-ref", str(work / "train" / "run.json")]
+    args += ["--history", str(work / "train" / "h.csv"), "--out-run-ref", str(out / "eval_run.json")]
+    return [*args, "--metrics", str(out / "eval.json"), "--by-length", str(out / "by_length")]
+
+
+def _export_args(work: Path, out: Path) -> list[str]:
+    args = ["--params", str(work / "params.yaml"), "--checkpoint", str(work / "train" / "model.pt")]
+    args += ["--run-ref", str(work / "eval" / "eval_run.json"), "--train-metrics", str(work / "train" / "metrics.json")]
+    return [*args, "--eval-metrics", str(work / "eval" / "eval.json"), "--out", str(out / "export")]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    """generate, train and evaluate on the tiny profile, in-process, with a SQLite store in the same folder."""
+    work = tmp_path_factory.mktemp("pipeline")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["train"]["max_epochs"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setenv("DVC_ROOT", str(work))  # the store: work/mlflow.db, work/mlruns
+        for stage, out, data in (("generate", "gen", work), ("train", "train", work / "gen" / "data")):
+            result = _invoke(stage, stage_args(stage, work / "params.yaml", work / out, data))
+            assert result.exit_code == 0, result.output
+        result = _invoke("evaluate", _evaluate_args(work, work / "eval"))
+        assert result.exit_code == 0, result.output
+    return work
+
+
+@pytest.fixture
+def work(pipeline, tmp_path, monkeypatch) -> Path:
+    """A copy of the pipeline's folder and store, to break one file in."""
+    copy = tmp_path / "work"
+    shutil.copytree(pipeline, copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    return copy
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garbage(path: Path) -> None:
+    path.write_text("garbage\n")
+
+
+def _drop_tokens(path: Path) -> None:  # a vocabulary that cannot encode the data
+    path.write_text('{"tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "0"]}\n')
+
+
+BROKEN = {
+    # stage, the file to break (under the work folder), how, the message's text after the file's name
+    "train, truncated split": ("train", "gen/data/train.parquet", _truncate, "not a readable parquet file"),
+    "train, vocabulary not JSON": ("train", "gen/data/vocab.json", _garbage, "not a vocabulary file"),
+    "train, vocabulary too small": ("train", "gen/data/train.parquet", None, "unknown token"),
+    "evaluate, garbage checkpoint": ("evaluate", "train/model.pt", _garbage, "not a checkpoint"),
+    "evaluate, truncated checkpoint": ("evaluate", "train/model.pt", _truncate, "not a readable checkpoint"),
+    "evaluate, missing split": ("evaluate", "gen/data/test_long.parquet", Path.unlink, "run the generate stage"),
+    "evaluate, run reference not JSON": ("evaluate", "train/run.json", _garbage, "not a readable run reference"),
+    "export, metrics not JSON": ("export", "eval/eval.json", _garbage, "not a readable metrics file"),
+    "export, truncated checkpoint": ("export", "train/model.pt", _truncate, "not a readable checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
+def test_a_broken_input_is_one_line_naming_the_file(work, case):
+    stage, name, breaks, message = BROKEN[case]
+    if breaks is None:
+        _drop_tokens(work / "gen" / "data" / "vocab.json")
+    else:
+        breaks(work / name)
+    out = work / "out"
+    args = {
+        "train": lambda: stage_args("train", work / "params.yaml", out, work / "gen" / "data"),
+        "evaluate": lambda: _evaluate_args(work, out),
+        "export": lambda: _export_args(work, out),
+    }[stage]()
+    result = _invoke(stage, args)
+    assert result.exit_code == 1, result.output
+    assert f"Error: {work / name}: " in result.output and message in result.output, result.output
+    assert "Traceback" not in result.output and "weights_only=False" not in result.output
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+
+
+def test_evaluating_a_run_the_store_does_not_hold_writes_nothing(work):
+    """models/ from a DVC remote, with someone else's MLflow store: the run reference names a run not here."""
+    (work / "mlflow.db").unlink()
+    out = work / "out"
+    result = _invoke("evaluate", _evaluate_args(work, out))
+    assert result.exit_code == 1, result.output
+    assert "does not hold" in result.output and "dvc repro --force train" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+
+
+def test_an_unreadable_training_state_is_ignored_and_training_starts_over(work):
+    out = work / "out"
+    args = stage_args("train", work / "params.yaml", out, work / "gen" / "data")
+    out.mkdir()
+    (out / "state.pt").write_bytes(b"PK\x03\x04 half a zip")  # what a disk that lost the last write may leave
+    result = _invoke("train", args)
+    assert result.exit_code == 0, result.output
+    assert f"ignoring the saved training state: {out / 'state.pt'}" in result.output
+    assert (out / "model.pt").read_bytes() == (work / "train" / "model.pt").read_bytes()  # a fresh start's result
+
+
+def test_a_state_whose_run_the_store_lacks_stops_before_training(work):
+    """Resuming needs the state's MLflow run: without it the stage says so before it spends a minute training."""
+    import torch
+
+    state = torch.load(work / "train" / "state.pt", weights_only=True)
+    state.update(complete=False, run_id="0" * 32)
+    out = work / "out"
+    out.mkdir()
+    torch.save(state, out / "state.pt")
+    result = _invoke("train", stage_args("train", work / "params.yaml", out, work / "gen" / "data"))
+    assert result.exit_code == 1, result.output
+    assert f"{out / 'state.pt'} resumes MLflow run {'0' * 32}, which cannot be reopened" in result.output
+    assert "resuming after" not in result.output and "epoch   1" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
