@@ -144,3 +144,55 @@ def test_a_state_whose_run_the_store_lacks_stops_before_training(work):
     assert f"{out / 'state.pt'} resumes MLflow run {'0' * 32}, which cannot be reopened" in result.output
     assert "resuming after" not in result.output and "epoch   1" not in result.output
     assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
+
+
+def _cli(args: list[str]):
+    from seq2seq.cli import main
+
+    return CliRunner().invoke(main, args)
+
+
+@pytest.mark.parametrize(
+    ("profile", "extra", "message"),
+    [
+        ("", [], "a profile maps sections to keys and values, not a NoneType"),
+        ("- 1\n- 2\n", [], "not a list"),
+        ("train: {lr: [1\n", [], "not YAML"),
+        ("train: 5\n", [], "train: must map keys to values, got 5"),
+        ("nosuch: {a: 1}\n", [], "nosuch: not a section of"),
+        (None, ["--set", "train.lr=[1"], "the value is not YAML"),
+    ],
+    ids=["empty", "a list", "broken YAML", "a section that is not a mapping", "unknown section", "broken --set"],
+)
+def test_apply_profile_refuses_a_bad_profile_in_one_line(tmp_path, profile, extra, message):
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    args = ["apply-profile", "--params", str(params), *extra]
+    if profile is not None:
+        (tmp_path / "profile.yaml").write_text(profile)
+        args.append(str(tmp_path / "profile.yaml"))
+    result = _cli(args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_gate_promote_and_predict_name_the_bad_file(tmp_path):
+    bad, missing = tmp_path / "bad.json", tmp_path / "eval.json"
+    bad.write_text("{not json")
+    gate = ["gate", "--params", str(ROOT / "params.yaml"), "--baseline-file", str(bad), "--metrics"]
+    result = _cli([*gate, str(bad)])
+    assert result.exit_code == 1 and f"{bad}: not a metrics file" in result.output, result.output
+    result = _cli([*gate, str(missing)])
+    assert result.exit_code == 1 and f"{missing}: no such metrics file" in result.output, result.output
+    (tmp_path / "ref.json").write_text("{}")
+    result = _cli(["promote", "--run-ref", str(tmp_path / "ref.json")])
+    assert result.exit_code == 1 and "ref.json: not a run reference" in result.output, result.output
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.onnx").write_bytes(b"\x08\x07 half a protobuf")
+    (export / "export.json").write_text('{"max_src_len": 8}')
+    (export / "vocab.json").write_text('{"tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "1"]}')
+    result = _cli(["predict", "--model", str(export)])
+    assert result.exit_code == 1 and f"{export / 'model.onnx'}: not a loadable ONNX model" in result.output
+    assert "Traceback" not in result.output
