@@ -45,9 +45,11 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	ruff check --fix .
 	ruff format .
 
-ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1:$(PORT)
-	@echo "Runs table: $$(seq2seq ui-url --port $(PORT))"
-	mlflow ui --backend-store-uri "$$(seq2seq tracking-uri)" --host 127.0.0.1 --port $(PORT)
+ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1 (PORT, default 5000)
+	@uri="$$(seq2seq tracking-uri)"; case "$$uri" in http://*|https://*) \
+	  echo "MLFLOW_TRACKING_URI is a tracking server: its own UI is $$uri (nothing to serve here)"; exit 0;; esac; \
+	echo "Runs table: $$(seq2seq ui-url --port $(PORT))"; \
+	mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT)
 
 promote: $(STAMP)  ## register the last exported model; make it champion if it beats the current one
 	seq2seq promote --run-ref models/export/mlflow_run.json
@@ -65,7 +67,7 @@ sweep: $(STAMP)  ## a 2x2 grid (train.lr x model.hidden_dim) through the DVC que
 	seq2seq link
 	seq2seq compare --tag dvc_exp_baseline_rev=$$(git rev-parse HEAD) --html reports/sweep.html
 
-server: $(STAMP)  ## a tracking server on 127.0.0.1:$(SERVER_PORT) (SQLite + proxied artifacts in mlserver/)
+server: $(STAMP)  ## a tracking server on 127.0.0.1 (SERVER_PORT, default 5001; SQLite + proxied artifacts in mlserver/)
 	@mkdir -p mlserver
 	@echo "Log to it: export MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT)"
 	mlflow server --backend-store-uri "sqlite:///$(CURDIR)/mlserver/mlflow.db" \
