@@ -286,9 +286,10 @@ def _watchdog(run_id: str, env: Mapping[str, str]) -> Iterator[None]:
     this process died where no handler runs. It has its own session, so a signal to this process's group (DVC
     stopping its stage, `kill -9 -PGID`) does not take it down too; until then it only waits, importing nothing."""
     watch = "from seq2seq.tracking import _watch; _watch()"
-    process = subprocess.Popen(
-        [sys.executable, "-c", watch, run_id], stdin=subprocess.PIPE, env=_child_env(env), start_new_session=True
-    )
+    # No stdout or stderr: a watchdog that outlives this process must not hold the pipes DVC reads it through.
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    cmd = [sys.executable, "-c", watch, run_id]
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=_child_env(env), **quiet)
     try:
         yield
     finally:  # the run is closed by now (FINISHED, FAILED or KILLED): the watchdog may go

@@ -297,6 +297,8 @@ def fit(
             # would undo many good ones. The returned norm is the one before clipping, which is what we log.
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
+            # Checked on the device and read once per epoch: a per-step read would sync host and device every step.
+            # The steps after a bad one update NaN weights, which the check below then keeps from being saved.
             bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
             first_bad_step = torch.where(bad & (first_bad_step < 0), step + 1, first_bad_step)
             n = (tgt[:, 1:] != model.pad_id).sum()

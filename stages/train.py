@@ -53,9 +53,19 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def fingerprint(params: Params, data_digest: str) -> str:
-    """What a saved training state must match to be resumed: this stage's params and the exact data."""
-    return hashlib.sha256(json.dumps([params.flat(*SECTIONS), data_digest], sort_keys=True).encode()).hexdigest()
+def code_files() -> list[Path]:
+    """The code a training state was made by: this stage and the library."""
+    here = Path(__file__).resolve()
+    return [here, *sorted((here.parents[1] / "seq2seq").glob("*.py"))]
+
+
+def fingerprint(params: Params, data_digest: str, code: list[Path]) -> str:
+    """What a saved training state must match to be resumed: this stage's params, the exact data and the code (a
+    state from other code may not load, or would finish a run that other code began)."""
+    digest = hashlib.sha256(json.dumps([params.flat(*SECTIONS), data_digest], sort_keys=True).encode())
+    for path in code:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def resumable(state_path: Path, expected: str) -> dict | None:
@@ -177,7 +187,7 @@ def train(
     train_set = load_split(data_dir, "train", vocab)
     val_set = load_split(data_dir, "val", vocab)
     digest = dataset_digest(data_dir)
-    expected = fingerprint(params, digest)
+    expected = fingerprint(params, digest, code_files())
     state = resumable(out.state_path, expected)
     torch.manual_seed(params.train.seed)  # the weight init is part of the seeded run
     model = Seq2Seq(params.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id).to(device)

@@ -60,9 +60,14 @@ def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def load_stage(name: str):
-    """The click command of stages/<name>.py (stages are scripts, not a package)."""
+def load_stage_module(name: str):
+    """stages/<name>.py as a module (stages are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def load_stage(name: str):
+    """The click command of stages/<name>.py."""
+    return load_stage_module(name).main

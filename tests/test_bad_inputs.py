@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.conftest import ROOT, load_stage
+from tests.conftest import ROOT, load_stage, load_stage_module
 from tests.helpers import TINY
 from tests.test_params import stage_args
 
@@ -196,3 +196,22 @@ def test_gate_promote_and_predict_name_the_bad_file(tmp_path):
     result = _cli(["predict", "--model", str(export)])
     assert result.exit_code == 1 and f"{export / 'model.onnx'}: not a loadable ONNX model" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_state_resumes_only_the_code_that_saved_it(tmp_path):
+    """Edit the model between a kill and the rerun: the state of the old code is not resumed (it may not even load)."""
+    from seq2seq.params import load_params
+
+    stage = load_stage_module("train")
+    files = stage.code_files()
+    assert {ROOT / "stages" / "train.py", ROOT / "seq2seq" / "model.py", ROOT / "seq2seq" / "train.py"} <= set(files)
+    copies = []
+    for path in files:
+        copies.append(tmp_path / path.name)
+        shutil.copy(path, copies[-1])
+    params = load_params(ROOT / "params.yaml")
+    before = stage.fingerprint(params, "data", copies)
+    assert stage.fingerprint(params, "data", copies) == before
+    with (tmp_path / "model.py").open("a") as model:
+        model.write("# an edit\n")
+    assert stage.fingerprint(params, "data", copies) != before
