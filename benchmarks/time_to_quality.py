@@ -1,7 +1,8 @@
 """Time to quality: training wall time until validation exact match reaches a target (0.99) on the default
 task, the project's trainer (`seq2seq.train.fit`) against the seed's per-step math trained the same way.
 
-Both start from the same weights and see the same batches in the same order, with the same Adam, LR schedule,
+Both start from the same weights and see the same batches in the same order, with the same Adam update (the project's
+fused kernel, the reference's plain one), LR schedule,
 gradient clipping and loss (teacher forcing as params.yaml sets it; the reference only knows 1). The clock
 counts training steps only, not validation; validation runs after every epoch for both. The reference keeps the
 seed's behaviour on padding (no masks, no packing), which is part of what is measured.
