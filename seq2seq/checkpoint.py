@@ -38,13 +38,14 @@ def save_checkpoint(
     atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
-def _load(path: Path, what: str, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load(weights_only=True), with an InputError naming the file for anything it cannot read."""
+def _load(path: Path, what: str) -> dict[str, Any]:
+    """torch.load(weights_only=True) onto the CPU, with an InputError naming the file for anything it cannot read
+    (onto the CPU: a device's own errors, out of memory among them, are not the file's fault)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no {what}; run the train stage first")
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # Not torch's message: it suggests weights_only=False, which would run whatever code the file holds.
         raise InputError(f"{path}: not a {what} (not a torch file of tensors and plain values)") from None
@@ -57,15 +58,20 @@ def _load(path: Path, what: str, device: str | torch.device = "cpu") -> dict[str
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Seq2Seq, Vocab, dict[str, Any]]:
     """Rebuild the model from the checkpoint alone (never from params.yaml); returned in eval mode."""
-    payload = _load(path, "checkpoint", device)
+    payload = _load(path, "checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: checkpoint format {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
-    try:
+    try:  # the payload's entries: missing, of the wrong type, or values a config refuses
         vocab = Vocab(payload["vocab"])
-        model = Seq2Seq(ModelConfig(**payload["model_config"]), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a missing entry; weights of another shape
+        cfg = ModelConfig(**payload["model_config"])
+        state_dict = payload["state_dict"]
+    except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path}: not a usable checkpoint ({describe(err)})") from None
+    model = Seq2Seq(cfg, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:  # weights missing, unexpected or of another shape
+        raise InputError(f"{path}: its weights do not fit its model config ({describe(err)})") from None
     return model.to(device).eval(), vocab, payload
 
 

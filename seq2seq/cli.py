@@ -100,14 +100,13 @@ def ui_url(port: int) -> None:
 def promote(run_ref: Path) -> None:
     """Register the run's model as `seq2seq`; move the alias `champion` to it only if it beats the champion."""
     from seq2seq import tracking
-    from seq2seq.files import InputError, read_json
     from seq2seq.promotion import KEY_METRIC, TIE_BREAKER, decide
 
     try:
-        run_id = read_json(run_ref, "run reference")["run_id"]
-    except (InputError, KeyError, TypeError) as err:
-        raise click.ClickException(f"{run_ref}: not a run reference ({err})") from None
-    candidate = tracking.run_metrics(run_id)
+        run_id = tracking.read_run_reference(run_ref)
+        candidate = tracking.run_metrics(run_id)
+    except (tracking.TrackingError, LookupError) as err:
+        raise click.ClickException(str(err.args[0])) from None
     current = tracking.champion()
     champion_metrics = tracking.run_metrics(current[1]) if current else None
     try:
@@ -384,6 +383,8 @@ def apply_profile(params_path: Path, profile: Path | None, overrides: tuple[str,
         merged = round_trip.load(params_path.read_text())
     except (OSError, YAMLError) as err:
         raise BadParams(f"{params_path}: {describe(err)}") from None
+    if not isinstance(merged, dict):
+        raise BadParams(f"{params_path}: maps sections to keys and values, not a {type(merged).__name__}")
     try:
         changes = read_yaml(profile.read_text()) if profile else {}  # YAML 1.2, as DVC's -S: 1e-3 is a float
     except YAMLError as err:
@@ -395,13 +396,17 @@ def apply_profile(params_path: Path, profile: Path | None, overrides: tuple[str,
         section, dot, name = key.partition(".")
         if not (sep and dot):
             raise click.BadParameter(f"{item!r} is not SECTION.KEY=VALUE", param_hint="--set")
+        if changes.get(section) is None:  # absent, or `train:` with nothing under it in the profile
+            changes[section] = {}
         try:
-            changes.setdefault(section, {})[name] = read_yaml(value)
+            changes[section][name] = read_yaml(value)
         except YAMLError as err:
             raise click.BadParameter(f"{item!r}: the value is not YAML ({describe(err)})", param_hint="--set") from None
     for section, values in changes.items():
         if section not in merged or not isinstance(merged[section], dict):
             raise BadParams(f"{profile or '--set'}: {section}: not a section of {params_path}")
+        if values is None:  # `train:` with nothing under it: nothing to change
+            continue
         if not isinstance(values, dict):
             raise BadParams(f"{profile}: {section}: must map keys to values, got {values!r}")
         merged[section].update(values)

@@ -159,6 +159,8 @@ def read_split(data_dir: Path, split: str) -> pd.DataFrame:
     missing = sorted({"src", "tgt"} - set(frame.columns))
     if missing:
         raise InputError(f"{path}: no {', '.join(missing)} column (it has {', '.join(map(str, frame.columns))})")
+    if frame.empty:
+        raise InputError(f"{path}: no examples")
     return frame
 
 
@@ -169,11 +171,15 @@ def read_vocab(data_dir: Path) -> Vocab:
 def load_split(data_dir: Path, split: str, vocab: Vocab) -> Encoded:
     """`read_split` then `encode_split`, with an InputError naming the file for text the vocabulary cannot encode."""
     frame = read_split(data_dir, split)
+    path = Path(data_dir) / f"{split}.parquet"
+    for column in ("src", "tgt"):
+        texts = frame[column]
+        if texts.isna().any() or not all(isinstance(text, str) for text in texts):
+            raise InputError(f"{path}: column {column} holds values that are not text")
     try:
         return encode_split(frame, vocab)
-    except (KeyError, AttributeError, TypeError) as err:  # an unknown token; a value that is not text
-        detail = err.args[0] if isinstance(err, KeyError) else describe(err)
-        raise InputError(f"{Path(data_dir) / f'{split}.parquet'}: {detail} (vocabulary {VOCAB_FILE})") from None
+    except KeyError as err:  # Vocab.encode: a token the vocabulary does not have
+        raise InputError(f"{path}: {err.args[0]} (not in {VOCAB_FILE})") from None
 
 
 @dataclass(frozen=True)

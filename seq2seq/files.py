@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,10 +22,19 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
-def _umask() -> int:
-    umask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask. os.umask can only be read by setting it, so read it once, at import (a thread creating a
+    file while it is briefly 0 would get a world-writable file)."""
+    umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -45,6 +55,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_dir(path: Path) -> None:
+    """Best effort: some filesystems (FUSE, SMB, some NFS) and folders the user may not read refuse a folder's
+    fsync; the file is in place by then, and failing the stage over it would lose more than it protects."""
+    with contextlib.suppress(OSError):
+        _fsync(path)
+
+
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call write(tmp_path) on a sibling temp file, then rename it over `path`.
 
@@ -63,7 +80,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync(path.parent)
+    _fsync_dir(path.parent)
 
 
 def write_json(path: Path, payload: Any) -> None:

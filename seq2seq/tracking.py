@@ -242,22 +242,28 @@ def continue_run(
     copied, and a `continues_run` tag points back. A watchdog process marks the run KILLED if this process dies
     without closing it (SIGKILL, the OOM killer), so it is never left RUNNING.
     """
+    from mlflow.exceptions import MlflowException
+
     uri = resolve_tracking_uri(env)
-    try:
-        run_id = read_json(reference, "run reference")["run_id"]
-    except (InputError, KeyError, TypeError) as err:
-        raise TrackingError(f"{reference}: not a run reference ({err})") from None
+    run_id = read_run_reference(reference)
     try:
         client, experiment_id = _client(env)
-    except Exception as err:  # an unusable store: a wrong URI, an unreachable server
+    except Exception as err:  # an unusable store: a wrong URI, an unreachable server, a folder where a file goes
         raise TrackingError(f"MLflow: {type(err).__name__}: {err}") from None
     try:
         previous = client.get_run(run_id)
-    except Exception as err:  # MlflowException (RESOURCE_DOES_NOT_EXIST), or a store that fails to answer
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(
+                f"{reference} names MLflow run {run_id}, which {uri} does not hold: its training was tracked in "
+                "another store; retrain to track it here (dvc repro --force train)"
+            ) from None
+        raise TrackingError(f"MLflow: {err}") from None
+    if previous.info.lifecycle_stage == "deleted":
         raise TrackingError(
-            f"{reference} names MLflow run {run_id}, which {uri} does not hold ({type(err).__name__}): "
-            "its training was tracked in another store; retrain to track it here (dvc repro --force train)"
-        ) from None
+            f"{reference} names MLflow run {run_id}, which was deleted in {uri}: restore it (mlflow runs restore "
+            f"--run-id {run_id}) or retrain (dvc repro --force train)"
+        )
     fresh = f"{STAGE_TAG}.{stage}" in previous.data.tags
     if fresh:
         tags = {k: v for k, v in previous.data.tags.items() if not k.startswith((f"{STAGE_TAG}.", "mlflow."))}
@@ -273,6 +279,17 @@ def continue_run(
             run.log_metrics(previous.data.metrics)
         yield run
         run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
+
+
+def read_run_reference(path: Path) -> str:
+    """The run id in a run reference a stage wrote (`Run.write_reference`); TrackingError naming the file."""
+    try:
+        reference = read_json(path, "run reference")
+    except InputError as err:
+        raise TrackingError(str(err)) from None
+    if not isinstance(reference, dict) or not isinstance(reference.get("run_id"), str):
+        raise TrackingError(f"{path}: not a run reference (no run_id)")
+    return reference["run_id"]
 
 
 def _child_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -659,8 +676,16 @@ def load_predictor(model_uri: str, env: Mapping[str, str] = os.environ) -> Any:
 
 
 def run_metrics(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, float]:
+    """A run's latest metric values; LookupError if the store does not hold the run."""
+    from mlflow.exceptions import MlflowException
+
     client, _ = _client(env)
-    return dict(client.get_run(run_id).data.metrics)
+    try:
+        return dict(client.get_run(run_id).data.metrics)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise LookupError(f"run {run_id} is not in {resolve_tracking_uri(env)}") from None
+        raise
 
 
 def champion(env: Mapping[str, str] = os.environ) -> tuple[str, str] | None:

@@ -23,6 +23,7 @@ from seq2seq.plots import attention_heatmap, exact_match_by_length, loss_curves
 from seq2seq.train import resolve_device
 
 SPLITS = ("test", "test_long")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_exact_match")  # what the training curves draw
 
 
 @click.command()
@@ -54,9 +55,10 @@ def evaluate_stage(
 ) -> None:
     cfg = params.evaluate
     try:
-        device = resolve_device(params.train.device)  # where the model trained, unless that device is missing
-    except RuntimeError as err:
-        raise click.ClickException(str(err)) from None
+        device = resolve_device(params.train.device)  # where the model trained
+    except RuntimeError as err:  # trained on a GPU, evaluated where there is none (models/ from a DVC remote)
+        device = resolve_device("auto")
+        click.echo(f"warning: {err}; evaluating on {device}", err=True)
     model, vocab, _ = load_checkpoint(checkpoint_path, device)
     history = read_history(history_path)
     encoded = {split: load_split(data_dir, split, vocab) for split in SPLITS}
@@ -90,9 +92,13 @@ def evaluate_stage(
 def read_history(path: Path) -> list[dict]:
     """The train stage's per-epoch history (plots/train_history.csv)."""
     try:
-        return pd.read_csv(path).to_dict("records")
+        frame = pd.read_csv(path)
     except (OSError, ValueError) as err:  # missing, empty, not CSV
         raise InputError(f"{path}: not a readable training history ({describe(err)})") from None
+    missing = sorted(set(HISTORY_COLUMNS) - set(frame.columns))
+    if missing or frame.empty:
+        raise InputError(f"{path}: not a training history (no {', '.join(missing) or 'rows'})")
+    return frame.to_dict("records")
 
 
 if __name__ == "__main__":

@@ -40,11 +40,16 @@ def export_stage(
 ) -> None:
     model, vocab, _ = load_checkpoint(checkpoint_path, "cpu")
     evaluation = read_json(eval_metrics, "metrics file")
+    if not isinstance(evaluation, dict) or not all(isinstance(v, dict) for v in evaluation.values()):
+        raise InputError(f"{eval_metrics}: not the evaluate stage's metrics (split -> metric -> value)")
     flat_eval = {f"{split}_{k}": v for split, values in evaluation.items() for k, v in values.items()}
     # The sections that made this model: a change to any of them reruns an upstream stage, and so this one (the
     # gate's tolerances change nothing upstream, so the card would go stale on them).
     made_by = params.flat("data", "model", "train", "evaluate", "export")
-    card = model_card(made_by, read_json(train_metrics, "metrics file"), flat_eval, params.export)
+    training = read_json(train_metrics, "metrics file")
+    if not isinstance(training, dict):
+        raise InputError(f"{train_metrics}: not the train stage's metrics (metric -> value)")
+    card = model_card(made_by, training, flat_eval, params.export)
     # Any in-vocabulary sources will do, within the exported length limit (MLflow checks the example).
     width = params.export.max_src_len
     example = [" ".join(vocab.tokens[4 : 4 + min(5, width)]), " ".join(vocab.tokens[5 : 5 + min(2, width)])]

@@ -59,12 +59,13 @@ def code_files() -> list[Path]:
     return [here, *sorted((here.parents[1] / "seq2seq").glob("*.py"))]
 
 
-def fingerprint(params: Params, data_digest: str, code: list[Path]) -> str:
-    """What a saved training state must match to be resumed: this stage's params, the exact data and the code (a
-    state from other code may not load, or would finish a run that other code began)."""
-    digest = hashlib.sha256(json.dumps([params.flat(*SECTIONS), data_digest], sort_keys=True).encode())
+def fingerprint(params: Params, data_digest: str, code: list[Path], threads: int) -> str:
+    """What a saved training state must match to be resumed: this stage's params, the exact data, the code (a
+    state from other code may not load, or would finish a run that other code began) and the CPU thread count
+    (another sums in another order, so the resumed run would not end as an uninterrupted one)."""
+    digest = hashlib.sha256(json.dumps([params.flat(*SECTIONS), data_digest, threads], sort_keys=True).encode())
     for path in code:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -187,7 +188,7 @@ def train(
     train_set = load_split(data_dir, "train", vocab)
     val_set = load_split(data_dir, "val", vocab)
     digest = dataset_digest(data_dir)
-    expected = fingerprint(params, digest, code_files())
+    expected = fingerprint(params, digest, code_files(), torch.get_num_threads())
     state = resumable(out.state_path, expected)
     torch.manual_seed(params.train.seed)  # the weight init is part of the seeded run
     model = Seq2Seq(params.model, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id).to(device)
@@ -203,6 +204,8 @@ def train(
             try:
                 run.experiment_id  # noqa: B018 (waits until the helper has reopened the run, before any training)
             except tracking.TrackingError as err:
+                if "not found" not in str(err):  # the store itself failed: a fresh start would fail alike
+                    raise
                 raise click.ClickException(
                     f"{out.state_path} resumes MLflow run {state['run_id']}, which cannot be reopened ({err}); "
                     f"delete {out.state_path} to train from scratch"

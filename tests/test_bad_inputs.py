@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -39,7 +40,7 @@ def pipeline(tmp_path_factory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
-    params["train"]["max_epochs"] = 1
+    params["train"]["max_epochs"] = 2  # a state after epoch 1 then has an epoch left to train
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -85,6 +86,9 @@ BROKEN = {
     "evaluate, run reference not JSON": ("evaluate", "train/run.json", _garbage, "not a readable run reference"),
     "export, metrics not JSON": ("export", "eval/eval.json", _garbage, "not a readable metrics file"),
     "export, truncated checkpoint": ("export", "train/model.pt", _truncate, "not a readable checkpoint"),
+    "export, metrics of another shape": ("export", "eval/eval.json", "[1, 2]", "not the evaluate stage's metrics"),
+    "evaluate, history without its columns": ("evaluate", "train/h.csv", "a,b\n1,2\n", "not a training history"),
+    "evaluate, empty split": ("evaluate", "gen/data/test.parquet", "EMPTY", "no examples"),
 }
 
 
@@ -93,6 +97,10 @@ def test_a_broken_input_is_one_line_naming_the_file(work, case):
     stage, name, breaks, message = BROKEN[case]
     if breaks is None:
         _drop_tokens(work / "gen" / "data" / "vocab.json")
+    elif breaks == "EMPTY":
+        pd.read_parquet(work / name).head(0).to_parquet(work / name)
+    elif isinstance(breaks, str):
+        (work / name).write_text(breaks)
     else:
         breaks(work / name)
     out = work / "out"
@@ -119,6 +127,27 @@ def test_evaluating_a_run_the_store_does_not_hold_writes_nothing(work):
     assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
 
 
+def test_evaluating_a_deleted_run_says_so(work):
+    from mlflow.tracking import MlflowClient
+
+    from seq2seq import tracking
+
+    run_id = tracking.read_run_reference(work / "train" / "run.json")
+    MlflowClient(f"sqlite:///{work / 'mlflow.db'}").delete_run(run_id)
+    out = work / "out"
+    result = _invoke("evaluate", _evaluate_args(work, out))
+    assert result.exit_code == 1 and f"MLflow run {run_id}, which was deleted" in result.output, result.output
+    assert "Traceback" not in result.output and (not out.exists() or not any(out.iterdir()))
+    result = _cli(["promote", "--run-ref", str(work / "eval" / "eval_run.json")])  # the same run, promoted
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+
+
+def test_promoting_a_run_the_store_does_not_hold_says_so(work):
+    (work / "mlflow.db").unlink()
+    result = _cli(["promote", "--run-ref", str(work / "eval" / "eval_run.json")])
+    assert result.exit_code == 1 and "is not in sqlite:///" in result.output, result.output
+
+
 def test_an_unreadable_training_state_is_ignored_and_training_starts_over(work):
     out = work / "out"
     args = stage_args("train", work / "params.yaml", out, work / "gen" / "data")
@@ -135,14 +164,14 @@ def test_a_state_whose_run_the_store_lacks_stops_before_training(work):
     import torch
 
     state = torch.load(work / "train" / "state.pt", weights_only=True)
-    state.update(complete=False, run_id="0" * 32)
+    state.update(complete=False, epoch=1, run_id="0" * 32)
     out = work / "out"
     out.mkdir()
     torch.save(state, out / "state.pt")
     result = _invoke("train", stage_args("train", work / "params.yaml", out, work / "gen" / "data"))
     assert result.exit_code == 1, result.output
     assert f"{out / 'state.pt'} resumes MLflow run {'0' * 32}, which cannot be reopened" in result.output
-    assert "resuming after" not in result.output and "epoch   1" not in result.output
+    assert "resuming after" not in result.output and "epoch   2" not in result.output
     assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
 
 
@@ -160,9 +189,18 @@ def _cli(args: list[str]):
         ("train: {lr: [1\n", [], "not YAML"),
         ("train: 5\n", [], "train: must map keys to values, got 5"),
         ("nosuch: {a: 1}\n", [], "nosuch: not a section of"),
+        ("train:\n", ["--set", "train.lr=-1"], "train.lr: must be > 0"),
         (None, ["--set", "train.lr=[1"], "the value is not YAML"),
     ],
-    ids=["empty", "a list", "broken YAML", "a section that is not a mapping", "unknown section", "broken --set"],
+    ids=[
+        "empty",
+        "a list",
+        "broken YAML",
+        "a section that is not a mapping",
+        "unknown section",
+        "an empty section, then --set",
+        "broken --set",
+    ],
 )
 def test_apply_profile_refuses_a_bad_profile_in_one_line(tmp_path, profile, extra, message):
     params = tmp_path / "params.yaml"
@@ -207,11 +245,13 @@ def test_a_state_resumes_only_the_code_that_saved_it(tmp_path):
     assert {ROOT / "stages" / "train.py", ROOT / "seq2seq" / "model.py", ROOT / "seq2seq" / "train.py"} <= set(files)
     copies = []
     for path in files:
-        copies.append(tmp_path / path.name)
+        copies.append(tmp_path / path.parent.name / path.name)  # stages/train.py and seq2seq/train.py both
+        copies[-1].parent.mkdir(exist_ok=True)
         shutil.copy(path, copies[-1])
     params = load_params(ROOT / "params.yaml")
-    before = stage.fingerprint(params, "data", copies)
-    assert stage.fingerprint(params, "data", copies) == before
-    with (tmp_path / "model.py").open("a") as model:
+    before = stage.fingerprint(params, "data", copies, threads=2)
+    assert stage.fingerprint(params, "data", copies, threads=2) == before
+    assert stage.fingerprint(params, "data", copies, threads=1) != before  # another summation order
+    with (tmp_path / "seq2seq" / "model.py").open("a") as model:
         model.write("# an edit\n")
-    assert stage.fingerprint(params, "data", copies) != before
+    assert stage.fingerprint(params, "data", copies, threads=2) != before

@@ -102,16 +102,12 @@ def test_encoded_batches_are_trimmed_and_wrapped():
 
 
 def test_atomic_outputs_get_the_modes_any_file_the_user_writes_gets(tmp_path):
-    import os
+    from seq2seq import files
 
-    from seq2seq.files import atomic_dir, write_json
-
-    old = os.umask(0o022)
-    try:
-        write_json(tmp_path / "metrics.json", {"a": 1})
-        atomic_dir(tmp_path / "folder", lambda tmp: (tmp / "x.csv").write_text("x\n"))
-    finally:
-        os.umask(old)
-    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
-    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    files.write_json(tmp_path / "metrics.json", {"a": 1})
+    files.atomic_dir(tmp_path / "folder", lambda tmp: (tmp / "x.csv").write_text("x\n"))
+    (tmp_path / "plain.json").write_text("{}")  # what the user's umask gives any file
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK  # mkstemp alone gives 0600
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~files._UMASK
     assert not list(tmp_path.glob(".*.tmp"))
