@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
 from pathlib import Path
@@ -36,6 +37,7 @@ REGISTERED_MODEL = "seq2seq"
 CHAMPION = "champion"
 STAGE_TAG = "stage"  # stage.<name> = done once a stage has logged to a run
 MODEL_URI_TAG = "model_uri"  # the pyfunc the export stage logged
+OWNER_TAG = "stage_owner"  # a token of the stage process that holds the run open (see `_watchdog`)
 
 
 def project_root(env: Mapping[str, str] = os.environ) -> Path:
@@ -265,15 +267,17 @@ def continue_run(
             f"--run-id {run_id}) or retrain (dvc repro --force train)"
         )
     fresh = f"{STAGE_TAG}.{stage}" in previous.data.tags
+    owner = uuid.uuid4().hex
     if fresh:
         tags = {k: v for k, v in previous.data.tags.items() if not k.startswith((f"{STAGE_TAG}.", "mlflow."))}
-        tags.update(run_tags(env), continues_run=previous.info.run_id)
+        tags.update(run_tags(env), continues_run=previous.info.run_id, **{OWNER_TAG: owner})
         name = env.get("DVC_EXP_NAME") or previous.info.run_name
         run = Run(client, client.create_run(experiment_id, run_name=name, tags=tags).info.run_id, experiment_id, uri)
     else:
+        client.set_tag(previous.info.run_id, OWNER_TAG, owner)
         client.update_run(previous.info.run_id, status="RUNNING")
         run = Run(client, previous.info.run_id, experiment_id, uri)
-    with _watchdog(run.run_id, env), _lifecycle(client, run.run_id):
+    with _watchdog(run.run_id, owner, env), _lifecycle(client, run.run_id):
         if fresh:  # inside the lifecycle: a failure here closes the new run as FAILED
             run.log_params({k: v for k, v in previous.data.params.items() if k.split(".")[0] in inherit})
             run.log_metrics(previous.data.metrics)
@@ -298,15 +302,16 @@ def _child_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _watchdog(run_id: str, env: Mapping[str, str]) -> Iterator[None]:
+def _watchdog(run_id: str, owner: str, env: Mapping[str, str]) -> Iterator[None]:
     """A process that waits on a pipe from this one and marks `run_id` KILLED if the pipe closes without a word:
     this process died where no handler runs. It has its own process group, so a signal to this process's group
     (DVC stopping its stage, `kill -9 -PGID`) does not take it down too; until then it only waits, importing
-    nothing."""
+    nothing. It acts only while the run's `stage_owner` tag is still `owner`: a rerun may have reopened the run
+    in the seconds it takes to import MLflow, and that run is alive."""
     watch = "from seq2seq.tracking import _watch; _watch()"
     # No stdout or stderr: a watchdog that outlives this process must not hold the pipes DVC reads it through.
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "process_group": 0}
-    cmd = [sys.executable, "-c", watch, run_id]
+    cmd = [sys.executable, "-c", watch, run_id, owner]
     process = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=_child_env(env), **quiet)
     try:
         yield
@@ -318,12 +323,14 @@ def _watchdog(run_id: str, env: Mapping[str, str]) -> Iterator[None]:
 
 
 def _watch() -> None:
-    """The watchdog process of `_watchdog` (argv[1]: the run id)."""
+    """The watchdog process of `_watchdog` (argv: the run id, the owner token)."""
     if sys.stdin.buffer.read() == b"closed":
         return
+    run_id, owner = sys.argv[1:3]
     client, _ = _client(os.environ)
-    if client.get_run(sys.argv[1]).info.status == "RUNNING":
-        client.set_terminated(sys.argv[1], status="KILLED")
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING" and run.data.tags.get(OWNER_TAG) == owner:
+        client.set_terminated(run_id, status="KILLED")
 
 
 @contextlib.contextmanager

@@ -272,3 +272,28 @@ def test_the_helper_leaves_the_stages_process_group_but_not_its_session(tmp_path
         assert os.getsid(helper.pid) == os.getsid(0)
     finally:
         tracking.discard_helper(helper)
+
+
+def test_a_killed_stages_watchdog_leaves_a_rerun_that_reopened_the_run_alone(store, tmp_path):
+    """Kill evaluate, rerun it at once: the rerun reopens the same run before the first watchdog (a second or two
+    importing MLflow) gets to it, and that watchdog must not mark the live run KILLED."""
+    env, client = store
+    with tracking.start_run("train", env=env) as train:
+        train.write_reference(tmp_path / "run.json")
+    script = textwrap.dedent(f"""
+        import time
+        from seq2seq import tracking
+        env = {{"DVC_ROOT": {env["DVC_ROOT"]!r}}}
+        with tracking.continue_run({str(tmp_path / "run.json")!r}, "evaluate", ("train",), env) as run:
+            print(run.run_id, flush=True)
+            time.sleep(600)
+    """)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as first:
+        assert first.stdout.readline().strip() == train.run_id
+        with tracking.continue_run(tmp_path / "run.json", "evaluate", ("train",), env) as rerun:
+            assert rerun.run_id == train.run_id  # the first never finished: the rerun appends to the same run
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+            time.sleep(8)  # the first's watchdog imports MLflow and looks at the run meanwhile
+            assert client.get_run(train.run_id).info.status == "RUNNING"
+    assert client.get_run(train.run_id).info.status == "FINISHED"
