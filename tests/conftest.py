@@ -15,6 +15,37 @@ from seq2seq.model import ModelConfig
 from seq2seq.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+_STORE_BEFORE = pytest.StashKey[set[str]]()
+
+
+def _store_listing() -> set[str]:
+    """What the repository's own MLflow store holds: run folders under mlruns/, and whether mlflow.db exists."""
+    runs = {p.name for p in (ROOT / "mlruns").iterdir()} if (ROOT / "mlruns").is_dir() else set()
+    return runs | ({"mlflow.db"} if (ROOT / "mlflow.db").exists() else set())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STORE_BEFORE] = _store_listing()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if a test wrote into the repository's MLflow store (a test that is not hermetic: its runs
+    would show up in the user's `make ui`). Checked once, after every worker is done."""
+    if hasattr(session.config, "workerinput") or _STORE_BEFORE not in session.config.stash:
+        return
+    new = sorted(_store_listing() - session.config.stash[_STORE_BEFORE])
+    if new:
+        print(f"\ntests wrote into the repository's MLflow store ({ROOT}): {', '.join(new)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_tracking_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's shell may point MLFLOW_TRACKING_URI at a real store (the README suggests it): no test may log
+    there, so each starts without MLflow and DVC settings and sets its own."""
+    for name in list(os.environ):
+        if name.startswith(("MLFLOW_", "DVC_")):
+            monkeypatch.delenv(name)
 
 
 def pytest_configure(config: pytest.Config) -> None:

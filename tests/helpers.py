@@ -22,7 +22,12 @@ TINY = {
         **{"n_train": 256, "n_val": 32, "n_test": 32, "n_test_long": 16},
     },
     "model": {"emb_dim": 16, "hidden_dim": 32, "num_layers": 1, "dropout": 0.0},
-    "train": {"max_epochs": 3, "batch_size": 32, "tf_start": 1.0, "tf_end": 0.8, "tf_decay_epochs": 2},
+    "train": {
+        **{"max_epochs": 3, "batch_size": 32, "tf_start": 1.0, "tf_end": 0.8, "tf_decay_epochs": 2},
+        # Pinned, not inherited from params.yaml: the tests' results must not depend on the machine (a GPU would
+        # take device auto, under bf16) or on a user's local edit of these switches.
+        **{"device": "cpu", "bf16": False, "compile": False, "system_metrics": False, "nproc": 1},
+    },
     "evaluate": {"batch_size": 64, "beam_size": 1, "max_extra_len": 3, "n_samples": 5, "n_attention_plots": 2},
     "export": {"max_src_len": 8, "max_tgt_len": 9},
 }

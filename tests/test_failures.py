@@ -32,6 +32,7 @@ def test_a_failed_training_exits_1_writes_nothing_and_fails_the_run(tmp_path, mo
     )
     assert generated.exit_code == 0, generated.output
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the artifact root (mlruns/) too, not the cwd's
 
     stage = load_stage("train")
 
