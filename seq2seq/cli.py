@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,10 +106,18 @@ def promote(run_ref: Path) -> None:
     try:
         run_id = tracking.read_run_reference(run_ref)
         candidate = tracking.run_metrics(run_id)
-    except (tracking.TrackingError, LookupError) as err:
-        raise click.ClickException(str(err.args[0])) from None
+    except tracking.RunUnavailable as err:
+        raise click.ClickException(f"{run_ref} names {err}; {err.remedy()}retrain and export it") from None
+    except tracking.TrackingError as err:
+        raise click.ClickException(str(err)) from None
     current = tracking.champion()
-    champion_metrics = tracking.run_metrics(current[1]) if current else None
+    try:
+        champion_metrics = tracking.run_metrics(current[1]) if current else None
+    except tracking.RunUnavailable as err:  # nothing to compare against: replacing it unseen would be a guess
+        raise click.ClickException(
+            f"the champion, version {current[0]}, comes from {err}; {err.remedy()}move "
+            f"the alias by hand (MlflowClient().set_registered_model_alias)"
+        ) from None
     try:
         decision = decide(candidate, champion_metrics)
         version = tracking.register(run_id)
@@ -235,7 +244,10 @@ def _baseline_metrics(rev: str | None, baseline_file: Path | None, metrics_path:
 
     if baseline_file is not None:
         return _metrics_json(baseline_file.read_text(), str(baseline_file)), str(baseline_file)
-    shown = subprocess.run(["git", "show", f"{rev}:{metrics_path}"], capture_output=True, text=True, check=False)
+    # `REV:./path` is relative to the working directory; a bare `REV:/abs/path` would be taken as "not in REV" and
+    # the gate would pass with no baseline.
+    relative = os.path.relpath(metrics_path.resolve(), Path.cwd().resolve())
+    shown = subprocess.run(["git", "show", f"{rev}:./{relative}"], capture_output=True, text=True, check=False)
     if shown.returncode != 0:
         if "does not exist" in shown.stderr or "exists on disk, but not in" in shown.stderr:
             return None, f"{rev} (no {metrics_path} there yet)"

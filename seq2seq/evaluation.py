@@ -44,7 +44,8 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     """
     order = max(1, min(4, max((len(r.split()) for r in references), default=1)))
     bleu = sacrebleu.metrics.BLEU(tokenize="none", max_ngram_order=order)
-    return bleu.corpus_score(hypotheses, [references]).score / 100.0
+    # sacrebleu's percentage, rescaled, can land an ulp above 1 (1.0000000000000004 for perfect predictions).
+    return min(1.0, bleu.corpus_score(hypotheses, [references]).score / 100.0)
 
 
 def exact_match_by_length(src_len: pd.Series, exact: pd.Series) -> pd.DataFrame:

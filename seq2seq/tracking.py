@@ -41,8 +41,13 @@ OWNER_TAG = "stage_owner"  # a token of the stage process that holds the run ope
 
 
 def project_root(env: Mapping[str, str] = os.environ) -> Path:
-    """The main repo root: DVC_ROOT inside a DVC stage (also in queued/temp experiments), else the cwd."""
-    return Path(env.get("DVC_ROOT") or os.getcwd()).resolve()
+    """The main repo root: DVC_ROOT inside a DVC stage (also in queued/temp experiments), else the nearest folder
+    at or above the cwd that holds `.dvc/` (so `seq2seq compare` run from a subfolder finds the store rather than
+    creating an empty one there), else the cwd."""
+    if env.get("DVC_ROOT"):
+        return Path(env["DVC_ROOT"]).resolve()
+    cwd = Path.cwd().resolve()
+    return next((folder for folder in (cwd, *cwd.parents) if (folder / ".dvc").is_dir()), cwd)
 
 
 def resolve_tracking_uri(env: Mapping[str, str] = os.environ) -> str:
@@ -238,11 +243,11 @@ def continue_run(
 ) -> Iterator[Run]:
     """Append `stage` to the run named in `reference` (written by the stage before).
 
-    When that run already has this stage (only part of the pipeline reran: a changed evaluate param, or a train
-    stage that DVC restored from its run-cache), appending would overwrite the earlier results; a new run then
-    continues it instead: the params of the `inherit` sections, the tags and the latest metric values are
-    copied, and a `continues_run` tag points back. A watchdog process marks the run KILLED if this process dies
-    without closing it (SIGKILL, the OOM killer), so it is never left RUNNING.
+    When that run already has this stage (only part of the pipeline reran: a changed evaluate param, and train
+    did not rerun), appending would overwrite the earlier results; a new run then continues it instead: the params
+    of the `inherit` sections, the tags and the metrics (every point of their histories) are copied, and a
+    `continues_run` tag points back. A watchdog process marks the run KILLED if this process dies without closing
+    it (SIGKILL, the OOM killer), so it is never left RUNNING.
     """
     from mlflow.exceptions import MlflowException
 
@@ -253,19 +258,12 @@ def continue_run(
     except Exception as err:  # an unusable store: a wrong URI, an unreachable server, a folder where a file goes
         raise TrackingError(f"MLflow: {type(err).__name__}: {err}") from None
     try:
-        previous = client.get_run(run_id)
+        previous = active_run(client, run_id, uri)
+    except RunUnavailable as err:
+        retrain = "retrain to track it here" if err.missing else f"{err.remedy()}retrain"
+        raise TrackingError(f"{reference} names MLflow {err}; {retrain} (dvc repro --force train)") from None
     except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise TrackingError(
-                f"{reference} names MLflow run {run_id}, which {uri} does not hold: its training was tracked in "
-                "another store; retrain to track it here (dvc repro --force train)"
-            ) from None
         raise TrackingError(f"MLflow: {err}") from None
-    if previous.info.lifecycle_stage == "deleted":
-        raise TrackingError(
-            f"{reference} names MLflow run {run_id}, which was deleted in {uri}: restore it (mlflow runs restore "
-            f"--run-id {run_id}) or retrain (dvc repro --force train)"
-        )
     fresh = f"{STAGE_TAG}.{stage}" in previous.data.tags
     owner = uuid.uuid4().hex
     if fresh:
@@ -280,9 +278,25 @@ def continue_run(
     with _watchdog(run.run_id, owner, env), _lifecycle(client, run.run_id):
         if fresh:  # inside the lifecycle: a failure here closes the new run as FAILED
             run.log_params({k: v for k, v in previous.data.params.items() if k.split(".")[0] in inherit})
-            run.log_metrics(previous.data.metrics)
+            _copy_metric_histories(client, previous, run.run_id)
         yield run
         run.set_tags({f"{STAGE_TAG}.{stage}": "done"})
+
+
+def _copy_metric_histories(client: Any, source: Any, run_id: str) -> None:
+    """Every metric of run `source`, each point with its own step and timestamp, into run `run_id`: the new run
+    shows the whole per-epoch curves, and a value this stage logs again (at step 0, now) is the latest by
+    timestamp. Copied at the present time instead, a new value logged in the same millisecond would lose to a
+    higher copied one (MLflow breaks ties by value) and hide behind it in `compare` and `promote`."""
+    from mlflow.entities import Metric
+
+    points = [
+        Metric(point.key, point.value, point.timestamp, point.step)
+        for key in source.data.metrics
+        for point in client.get_metric_history(source.info.run_id, key)
+    ]
+    for start in range(0, len(points), 1000):  # log_batch takes at most 1000 metrics a call
+        client.log_batch(run_id, metrics=points[start : start + 1000])
 
 
 def read_run_reference(path: Path) -> str:
@@ -337,8 +351,10 @@ def _watch() -> None:
 def reopen_run(
     run_id: str, stage: str, env: Mapping[str, str] = os.environ, store: tuple | None = None
 ) -> Iterator[Run]:
-    """Continue `run_id` itself (a resumed training): same run, same params, closed like start_run's."""
+    """Continue `run_id` itself (a resumed training): same run, same params, closed like start_run's.
+    RunUnavailable if the store does not hold it or it was deleted."""
     client, experiment_id = store or _client(env)
+    active_run(client, run_id, resolve_tracking_uri(env))
     client.update_run(run_id, status="RUNNING")
     run = Run(client, run_id, experiment_id, resolve_tracking_uri(env))
     with _lifecycle(client, run_id):
@@ -348,6 +364,38 @@ def reopen_run(
 
 class TrackingError(RuntimeError):
     """MLflow could not log (a store it cannot open, a failed call); the message names the cause."""
+
+
+class RunUnavailable(TrackingError):
+    """A run named by a file (a run reference, a training state) that the store does not hold (`missing`: another
+    store tracked it), or that was deleted (restorable until purged)."""
+
+    def __init__(self, run_id: str, uri: str, missing: bool) -> None:
+        self.run_id, self.uri, self.missing = run_id, uri, missing
+        super().__init__(
+            f"run {run_id}, which {uri} does not hold" if missing else f"run {run_id}, which was deleted in {uri}"
+        )
+
+    def __reduce__(self):  # pickled from the helper process to the stage
+        return RunUnavailable, (self.run_id, self.uri, self.missing)
+
+    def remedy(self) -> str:
+        return "" if self.missing else f"restore it (mlflow runs restore --run-id {self.run_id}) or "
+
+
+def active_run(client: Any, run_id: str, uri: str) -> Any:
+    """The run `run_id` of the store at `uri`; RunUnavailable if it is absent or deleted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RunUnavailable(run_id, uri, missing=True) from None
+        raise
+    if run.info.lifecycle_stage == "deleted":
+        raise RunUnavailable(run_id, uri, missing=False)
+    return run
 
 
 class HelperRun:
@@ -378,6 +426,8 @@ class HelperRun:
         if self._ready is None:
             self._ready = self._read()
         if self._ready[0] == "error":
+            if len(self._ready) > 2 and self._ready[2] is not None:  # the run to reopen is gone: say what to do
+                raise self._ready[2]
             raise TrackingError(f"MLflow: {self._ready[1]}")
         return self._ready
 
@@ -578,7 +628,7 @@ def _serve() -> None:
         opened = reopen_run(run_id, stage, store=store) if run_id else start_run(stage, store=store)
         run = opened.__enter__()
     except Exception as err:  # a wrong URI, an unreachable server: the trainer raises it at its next wait
-        reply("error", f"{type(err).__name__}: {err}")
+        reply("error", f"{type(err).__name__}: {err}", err if isinstance(err, RunUnavailable) else None)
         with contextlib.suppress(EOFError):  # stay until the trainer is done sending, so its writes never fail
             while pickle.load(inbox)[0] != "close":
                 pass
@@ -687,16 +737,9 @@ def load_predictor(model_uri: str, env: Mapping[str, str] = os.environ) -> Any:
 
 
 def run_metrics(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, float]:
-    """A run's latest metric values; LookupError if the store does not hold the run."""
-    from mlflow.exceptions import MlflowException
-
+    """A run's latest metric values; RunUnavailable if the store does not hold the run or it was deleted."""
     client, _ = _client(env)
-    try:
-        return dict(client.get_run(run_id).data.metrics)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise LookupError(f"run {run_id} is not in {resolve_tracking_uri(env)}") from None
-        raise
+    return dict(active_run(client, run_id, resolve_tracking_uri(env)).data.metrics)
 
 
 def champion(env: Mapping[str, str] = os.environ) -> tuple[str, str] | None:

@@ -78,7 +78,15 @@ def resumable(state_path: Path, expected: str) -> dict | None:
     except InputError as err:  # e.g. a disk that lost the last write: the state only saves time, start over
         click.echo(f"warning: ignoring the saved training state: {err}; training starts from epoch 1", err=True)
         return None
-    if state is None or state.get("fingerprint") != expected or state.get("complete"):
+    if state is None or state.get("complete"):
+        return None
+    if state.get("fingerprint") != expected:
+        # Said aloud: after a kill, an edit to the code or the params silently costing the epochs done would puzzle.
+        click.echo(
+            f"note: {state_path} is from a run with other params, data, code or thread count; training starts "
+            "from epoch 1 in a new MLflow run",
+            err=True,
+        )
         return None
     return state
 
@@ -203,12 +211,10 @@ def train(
         if state:
             try:
                 run.experiment_id  # noqa: B018 (waits until the helper has reopened the run, before any training)
-            except tracking.TrackingError as err:
-                if "not found" not in str(err):  # the store itself failed: a fresh start would fail alike
-                    raise
+            except tracking.RunUnavailable as err:  # any other failure of the store would fail a fresh start too
                 raise click.ClickException(
-                    f"{out.state_path} resumes MLflow run {state['run_id']}, which cannot be reopened ({err}); "
-                    f"delete {out.state_path} to train from scratch"
+                    f"{out.state_path} resumes MLflow {err}, so it cannot be reopened; "
+                    f"{err.remedy()}delete {out.state_path} to train from scratch"
                 ) from None
             click.echo(f"resuming after epoch {state['epoch']} (MLflow run {state['run_id']})", err=True)
             run.set_tags({"resumed_after_epoch": str(state["epoch"])})

@@ -140,12 +140,13 @@ def test_evaluating_a_deleted_run_says_so(work):
     assert "Traceback" not in result.output and (not out.exists() or not any(out.iterdir()))
     result = _cli(["promote", "--run-ref", str(work / "eval" / "eval_run.json")])  # the same run, promoted
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"names run {run_id}, which was deleted" in result.output and "mlflow runs restore" in result.output
 
 
 def test_promoting_a_run_the_store_does_not_hold_says_so(work):
     (work / "mlflow.db").unlink()
     result = _cli(["promote", "--run-ref", str(work / "eval" / "eval_run.json")])
-    assert result.exit_code == 1 and "is not in sqlite:///" in result.output, result.output
+    assert result.exit_code == 1 and "does not hold" in result.output, result.output
 
 
 def test_an_unreadable_training_state_is_ignored_and_training_starts_over(work):
@@ -159,20 +160,54 @@ def test_an_unreadable_training_state_is_ignored_and_training_starts_over(work):
     assert (out / "model.pt").read_bytes() == (work / "train" / "model.pt").read_bytes()  # a fresh start's result
 
 
-def test_a_state_whose_run_the_store_lacks_stops_before_training(work):
-    """Resuming needs the state's MLflow run: without it the stage says so before it spends a minute training."""
+def _train_from_an_unfinished_state(work: Path, out: Path, before=lambda state: None, **changes):
+    """Run train on out/, holding the pipeline's state as if killed after epoch 1, with `changes` made to it."""
     import torch
 
     state = torch.load(work / "train" / "state.pt", weights_only=True)
-    state.update(complete=False, epoch=1, run_id="0" * 32)
-    out = work / "out"
+    state.update(complete=False, epoch=1, **changes)
     out.mkdir()
     torch.save(state, out / "state.pt")
-    result = _invoke("train", stage_args("train", work / "params.yaml", out, work / "gen" / "data"))
+    before(state)
+    return state, _invoke("train", stage_args("train", work / "params.yaml", out, work / "gen" / "data"))
+
+
+def test_a_state_whose_run_the_store_lacks_stops_before_training(work):
+    """Resuming needs the state's MLflow run: without it the stage says so before it spends a minute training."""
+    out = work / "out"
+    _, result = _train_from_an_unfinished_state(work, out, run_id="0" * 32)
     assert result.exit_code == 1, result.output
-    assert f"{out / 'state.pt'} resumes MLflow run {'0' * 32}, which cannot be reopened" in result.output
+    assert f"{out / 'state.pt'} resumes MLflow run {'0' * 32}, which sqlite:///" in result.output
+    assert "cannot be reopened" in result.output and "mlflow runs restore" not in result.output
     assert "resuming after" not in result.output and "epoch   2" not in result.output
     assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
+
+
+def test_a_state_of_other_params_is_not_resumed(work):
+    """An unfinished state saved for other params (or code, data, threads: the fingerprint) is set aside, with a
+    note: training starts from epoch 1 in a new run and ends as a fresh start does."""
+    out = work / "out"
+    state, result = _train_from_an_unfinished_state(work, out, fingerprint="0" * 64)
+    assert result.exit_code == 0, result.output
+    assert f"note: {out / 'state.pt'} is from a run with other params" in result.output
+    assert "resuming after" not in result.output and "epoch   1" in result.output
+    assert state["run_id"] not in result.output  # a new run, not the state's
+    assert (out / "model.pt").read_bytes() == (work / "train" / "model.pt").read_bytes()
+
+
+def test_a_state_whose_run_was_deleted_says_restore_it_or_delete_the_state(work):
+    """A deleted (not purged) run: MLflow refuses to reopen it; the stage names both ways out."""
+    from mlflow.tracking import MlflowClient
+
+    def delete_its_run(state: dict) -> None:
+        MlflowClient(f"sqlite:///{work / 'mlflow.db'}").delete_run(state["run_id"])
+
+    out = work / "out"
+    state, result = _train_from_an_unfinished_state(work, out, before=delete_its_run)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"resumes MLflow run {state['run_id']}, which was deleted" in result.output
+    assert f"mlflow runs restore --run-id {state['run_id']}) or delete {out / 'state.pt'}" in result.output
+    assert "resuming after" not in result.output and sorted(p.name for p in out.iterdir()) == ["state.pt"]
 
 
 def _cli(args: list[str]):

@@ -1,17 +1,25 @@
-"""Evaluation metrics on hand-made predictions, beam search against greedy decoding, and promotion's rule."""
+"""Evaluation metrics on hand-made predictions, `evaluate` on a stub model, beam search against greedy decoding, and
+promotion's rule."""
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
+from seq2seq import evaluation
+from seq2seq.data import encode_split, pad_batch
 from seq2seq.decoding import beam_search, sequence_log_prob
-from seq2seq.evaluation import corpus_bleu, exact_match_by_length
+from seq2seq.evaluation import EvaluateConfig, corpus_bleu, exact_match_by_length
 from seq2seq.metrics import exact_matches, token_matches
 from seq2seq.model import Seq2Seq
 from seq2seq.promotion import decide
 from seq2seq.train import fit
+from seq2seq.vocab import Vocab
 from tests.conftest import tiny_model_config, tiny_train_config
 
 PAD, EOS = 0, 2
@@ -34,7 +42,7 @@ def test_token_accuracy_and_exact_match_on_hand_made_predictions():
 
 def test_corpus_bleu():
     refs = ["1 2 3 4 5", "6 7 8 9"]
-    assert corpus_bleu(refs, refs) == pytest.approx(1.0)
+    assert 1.0 - 1e-12 <= corpus_bleu(refs, refs) <= 1.0  # sacrebleu's percentage / 100 can land an ulp above 1
     assert corpus_bleu(["9 9 9 9 9", "0 0 0 0"], refs) == pytest.approx(0.0)
     partial = corpus_bleu(["1 2 3 4 0", "6 7 8 9"], refs)
     assert 0.3 < partial < 1.0
@@ -48,6 +56,109 @@ def test_exact_match_by_length():
     assert table["length"].tolist() == [3, 4, 5]
     assert table["examples"].tolist() == [2, 1, 3]
     assert table["exact_match"].tolist() == pytest.approx([0.5, 1.0, 1 / 3])
+
+
+# A hand-made split and what a stub model decodes for each source: ids a=4, b=5, c=6.
+SOURCES = ["a b", "a b c", "c", "b c a", "b"]
+TARGETS = ["b a", "c b a", "c", "a c b", "b"]
+GREEDY = {
+    "a b": [5, 4, EOS],  # right: 3 of 3 tokens
+    "a b c": [6, 4, 4, EOS],  # one wrong token: 3 of 4
+    "c": [6, 6, EOS],  # one token too many: 1 of 2
+    "b c a": [4, 6, 5],  # the right tokens, stopped by max_len before <eos>: 3 of 4, and no exact match
+    "b": [EOS],  # empty: 0 of 2
+}
+GREEDY_TEXT = ["b a", "c a a", "c c", "a c b", ""]
+
+
+class StubModel(nn.Module):
+    """What `evaluate` calls, with known outputs: the logits of each step depend only on its input token (a fixed
+    random table), and decoding looks the source's text up in `decoded`."""
+
+    pad_id, bos_id, eos_id = PAD, 1, EOS
+
+    def __init__(self, vocab: Vocab, decoded: dict[str, list[int]]) -> None:
+        super().__init__()
+        self.table = torch.randn(len(vocab), len(vocab), generator=torch.Generator().manual_seed(0)) * 2  # (V, V)
+        self.vocab, self.decoded = vocab, decoded
+        self.generate_max_lens: list[int] = []
+
+    def forward(self, src, src_len, tgt_in, teacher_forcing=1.0, static=False):
+        return self.table[tgt_in]  # (B, T, V)
+
+    def lookup(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
+        texts = [self.vocab.decode(row[:n]) for row, n in zip(src.tolist(), src_len.tolist(), strict=True)]
+        return pad_batch([self.decoded[text] for text in texts], PAD)  # (B, T')
+
+    def generate(self, src, src_len, max_len, return_attention=False):
+        self.generate_max_lens.append(max_len)
+        return self.lookup(src, src_len), None
+
+
+@pytest.fixture
+def stub_split():
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "b", "c"])
+    return vocab, encode_split(pd.DataFrame({"src": SOURCES, "tgt": TARGETS}), vocab)
+
+
+def _cfg(beam_size: int) -> EvaluateConfig:
+    # 5 examples in batches of 2: the last batch has one, and the batches have 7, 6 and 2 target tokens.
+    return EvaluateConfig(batch_size=2, beam_size=beam_size, max_extra_len=2, n_samples=0, n_attention_plots=0)
+
+
+def test_evaluate_reports_token_weighted_metrics_and_aligned_predictions(stub_split):
+    """The figures the gate and promotion read (test_exact_match, test_loss), on a split whose batches differ in size
+    and token count, against values worked out by hand from the stub's known outputs."""
+    vocab, data = stub_split
+    model = StubModel(vocab, GREEDY)
+    result = evaluation.evaluate(model, data, vocab, _cfg(beam_size=1), torch.device("cpu"))
+
+    # The loss by hand: each target token (and <eos>) scored by the table row of the token before it.
+    losses = []  # per example, per token
+    for target in TARGETS:
+        ids = [vocab.bos_id, *vocab.encode(target), EOS]
+        losses.append([-float(torch.log_softmax(model.table[p], -1)[n]) for p, n in itertools.pairwise(ids)])
+    tokens = sum(len(row) for row in losses)
+    assert tokens == 15
+    loss = sum(map(sum, losses)) / tokens
+    # The batches' own means, averaged, differ: the metric must weight each batch by its tokens.
+    batch_means = [sum(sum(losses[i]) for i in b) / sum(len(losses[i]) for i in b) for b in ([0, 1], [2, 3], [4])]
+    assert abs(sum(batch_means) / 3 - loss) > 1e-2
+    metrics = result.metrics
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-6)
+    assert metrics["perplexity"] == pytest.approx(math.exp(loss), rel=1e-6)
+    assert metrics["token_acc"] == pytest.approx((3 + 3 + 1 + 3 + 0) / 15)
+    assert metrics["exact_match"] == pytest.approx(1 / 5)
+    assert metrics["bleu"] == pytest.approx(corpus_bleu(GREEDY_TEXT, TARGETS))
+    assert 0.0 < metrics["bleu"] < 1.0 and metrics["bleu"] != pytest.approx(corpus_bleu(TARGETS, GREEDY_TEXT))
+    # Each batch decodes up to its longest source + max_extra_len.
+    assert model.generate_max_lens == [3 + 2, 3 + 2, 1 + 2]
+    # One row per example, in the split's order, each with its own source, target and prediction.
+    assert result.predictions.to_dict("list") == {
+        "source": SOURCES,
+        "target": TARGETS,
+        "prediction": GREEDY_TEXT,
+        "exact": [True, False, False, False, False],
+    }
+    assert result.by_length.to_dict("list") == {"length": [1, 2, 3], "examples": [2, 1, 2], "exact_match": [0, 1, 0]}
+
+
+def test_evaluate_with_a_beam_decodes_through_beam_search(stub_split, monkeypatch):
+    """beam_size > 1 decodes with `beam_search` (here a stand-in that returns the references), never greedily."""
+    vocab, data = stub_split
+    model = StubModel(vocab, {s: [*vocab.encode(t), EOS] for s, t in zip(SOURCES, TARGETS, strict=True)})
+    calls = []
+
+    def fake_beam_search(model_, src, src_len, beam_size, max_len):
+        calls.append((beam_size, max_len))
+        return model.lookup(src, src_len)
+
+    monkeypatch.setattr(evaluation, "beam_search", fake_beam_search)
+    result = evaluation.evaluate(model, data, vocab, _cfg(beam_size=3), torch.device("cpu"))
+    assert calls == [(3, 5), (3, 5), (3, 3)] and model.generate_max_lens == []
+    assert result.metrics["token_acc"] == 1.0 and result.metrics["exact_match"] == 1.0
+    assert result.metrics["bleu"] == pytest.approx(1.0)
+    assert result.predictions["prediction"].tolist() == TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +181,8 @@ def test_beam_of_one_is_greedy_and_wider_beams_score_at_least_as_high(trained):
     greedy_score = sequence_log_prob(model, src, src_len, greedy)
     beam_score = sequence_log_prob(model, src, src_len, beam)
     assert (beam_score >= greedy_score - 1e-4).all()
+    # and somewhere strictly higher: a "beam search" that returned the greedy answer would pass the line above
+    assert (beam_score > greedy_score + 1e-4).any()
     finished = (beam == EOS).any(1)
     assert finished.all()  # every beam hypothesis picked ended with <eos>
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import commit, env, run, server, tiny_repo
+from tests.helpers import commit, env, run, server, set_params, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -95,16 +95,20 @@ def test_temp_experiment_lands_in_the_main_store(repo):
     _assert_one_run_with_a_loadable_model(_client(f"sqlite:///{repo}/mlflow.db"), "in-temp")
 
 
-def test_run_cache_never_skips_the_mlflow_run(repo):
-    """Params that ran before: DVC restores `generate` from its run-cache, but `train` (with a persist output)
-    is never restored, so the experiment still gets its own MLflow run."""
+def test_run_cache_never_skips_an_evaluation(repo):
+    """evaluate.beam_size 2, then back to 1 on the same training run: the second is an evaluation that ran before
+    (the baseline's), which DVC would restore from its run-cache, logging no MLflow run. Its persist output keeps
+    evaluate out of the run-cache, so it runs and logs (tests/test_lock.py checks train and export have one too)."""
     client = _client(f"sqlite:///{repo}/mlflow.db")
     before = sum(len(v) for v in _runs_by_name(client).values())
-    out = run(["dvc", "exp", "run", "-n", "again", "-S", "train.lr=0.005"], repo)  # ran before, queued
-    assert "Stage 'generate' is cached" in out or "Stage 'generate' didn't change" in out
-    assert "Running stage 'train'" in out
-    _assert_one_run_with_a_loadable_model(client, "again")
-    assert sum(len(v) for v in _runs_by_name(client).values()) == before + 1
+    set_params(repo, evaluate={"beam_size": 2})
+    assert "Running stage 'evaluate'" in run(["dvc", "repro", "evaluate"], repo)
+    set_params(repo, evaluate={"beam_size": 1})  # the baseline's params again, as committed
+    out = run(["dvc", "repro", "evaluate"], repo)
+    assert "Stage 'train' didn't change" in out and "Running stage 'evaluate'" in out, out
+    evaluation = json.loads((repo / "models" / "eval_run.json").read_text())["run_id"]
+    assert client.get_run(evaluation).data.params["evaluate.beam_size"] == "1"
+    assert sum(len(v) for v in _runs_by_name(client).values()) == before + 2
 
 
 def test_queued_experiment_through_a_tracking_server(repo, tmp_path):

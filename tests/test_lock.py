@@ -43,6 +43,11 @@ def test_the_lock_records_this_trees_stages_code_params_and_outputs():
             stale.append(f"{stage}: cmd changed")
         if {d["path"] for d in entry.get("deps", [])} != set(_paths(declared.get("deps", []))):
             stale.append(f"{stage}: deps changed")
+        if set(entry.get("params", {}).get("params.yaml", {})) != set(declared.get("params", [])):
+            stale.append(f"{stage}: params list changed")
+        outputs = [*declared.get("outs", []), *declared.get("metrics", []), *declared.get("plots", [])]
+        if {o["path"] for o in entry.get("outs", [])} != set(_paths(outputs)):
+            stale.append(f"{stage}: outputs changed")
         # Code deps, and the outputs git tracks (metrics, plots): the committed files are the ones the lock hashed.
         for kind, files in (("dep", entry.get("deps", [])), ("output", entry.get("outs", []))):
             for file in files:
@@ -55,3 +60,13 @@ def test_the_lock_records_this_trees_stages_code_params_and_outputs():
             if _lookup(params, key) != values:  # a section, or one dotted key (train.device)
                 stale.append(f"{stage}: params.yaml `{key}` changed")
     assert not stale, "dvc.lock is stale; run `dvc repro` and commit dvc.lock and metrics/:\n" + "\n".join(stale)
+
+
+def test_every_stage_that_logs_to_mlflow_stays_out_of_the_run_cache():
+    """DVC restores a stage from its run-cache, without running it, when its deps and params ran before; a stage
+    that logs to MLflow would then log no run. A `persist` output keeps a stage out of the run-cache (DVC 3.67),
+    which tests/test_experiments.py shows end to end for evaluate."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("train", "evaluate", "export"):
+        persisted = [o for o in stages[name]["outs"] if isinstance(o, dict) and next(iter(o.values())).get("persist")]
+        assert persisted, f"{name}: no persist output, so DVC's run-cache may skip its MLflow run"

@@ -15,6 +15,7 @@ import pytest
 
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.params import load_params
+from seq2seq.tracking import REGISTERED_MODEL
 from tests.conftest import ROOT
 from tests.helpers import env, run, server, set_params, tiny_repo
 
@@ -98,7 +99,10 @@ def test_exported_forms_predict_what_the_eager_model_does(repo):
     assert [vocab.decode(row) for row in program(padded, src_len).tolist()] == expected
 
 
-def test_promote_predict_and_the_pyfunc_in_a_fresh_process(repo, tmp_path):
+def test_promote_predict_and_the_pyfunc_in_a_fresh_process(repo, client, tmp_path):
+    # Its own starting point, whatever ran before in this module's repo (the serve test promotes too).
+    if client.search_registered_models(f"name = '{REGISTERED_MODEL}'"):
+        client.delete_registered_model(REGISTERED_MODEL)
     out = run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
     assert "promoted: there is no champion yet" in out and "test_exact_match" in out
     assert "already is the champion" in run(["seq2seq", "promote", "--run-ref", "models/export/mlflow_run.json"], repo)
@@ -159,6 +163,7 @@ def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
 
 
 def test_repro_reruns_exactly_what_changed(repo, client):
+    """Last in this file: it changes the module's repo (params, models, metrics) that the tests above read."""
     runs_before = len(client.search_runs([ref_experiment(repo)]))
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 
 import pytest
@@ -51,6 +52,71 @@ def test_gate_command_exit_codes(tmp_path, default_params):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "| test.exact_match | 0.95 | nan |" in result.output and "FAIL" in result.output
+
+
+def _git(repo, *args: str) -> str:
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    done = subprocess.run(["git", *identity, *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_gate_against_a_git_rev(tmp_path, monkeypatch, default_params):
+    """`--baseline REV` (CI's default profile: HEAD) reads metrics/eval.json as committed at REV with `git show`,
+    in a repository of its own: a rev without the file is a first run (no baseline, passes, says so); a rev git
+    does not know is a one-line error."""
+    import yaml
+
+    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):  # set when pytest runs from a git hook
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")  # the machine's or user's git config plays no part
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.chdir(tmp_path)  # git show reads the repository of the working directory, as CI runs it
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params))
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "params.yaml")
+    _git(tmp_path, "commit", "-qm", "no metrics yet")
+    metrics = tmp_path / "metrics" / "eval.json"
+    metrics.parent.mkdir()
+    degraded = {**GOOD, "test": {**GOOD["test"], "exact_match": 0.90}}
+    for committed in (GOOD, degraded):  # HEAD~1 has the good metrics, HEAD the degraded ones
+        metrics.write_text(json.dumps(committed))
+        _git(tmp_path, "add", "metrics/eval.json")
+        _git(tmp_path, "commit", "-qm", "metrics")
+
+    def gate(rev: str, current: dict):
+        metrics.write_text(json.dumps(current))
+        args = ["gate", "--params", "params.yaml", "--metrics", "metrics/eval.json", "--baseline", rev]
+        return CliRunner().invoke(main, args)
+
+    # The baseline is the rev's file, not the workspace's: the degraded metrics fail against HEAD~1 only.
+    result = gate("HEAD~1", degraded)
+    assert result.exit_code == 1, result.output
+    assert "baseline: metrics/eval.json at HEAD~1" in result.output
+    assert "| test.exact_match | 0.95 | 0.9 |" in result.output and "test.exact_match dropped by 0.05" in result.output
+    result = gate("HEAD", degraded)
+    assert result.exit_code == 0 and "gate passed" in result.output, result.output
+    result = gate("HEAD~1", GOOD)
+    assert result.exit_code == 0 and "gate passed" in result.output, result.output
+    # The same file named by its absolute path, and from a subfolder: still the rev's file.
+    absolute = ["gate", "--params", "params.yaml", "--metrics", str(metrics), "--baseline", "HEAD~1"]
+    metrics.write_text(json.dumps(degraded))
+    result = CliRunner().invoke(main, absolute)
+    assert result.exit_code == 1 and "test.exact_match dropped by 0.05" in result.output, result.output
+    monkeypatch.chdir(metrics.parent)
+    result = CliRunner().invoke(main, [*absolute[:2], str(tmp_path / "params.yaml"), *absolute[3:]])
+    assert result.exit_code == 1 and "test.exact_match dropped by 0.05" in result.output, result.output
+    monkeypatch.chdir(tmp_path)
+
+    # A rev without the file: a first run, nothing to fall behind, and the output says where it looked.
+    result = gate("HEAD~2", degraded)
+    assert result.exit_code == 0 and "gate passed" in result.output, result.output
+    assert "baseline: HEAD~2 (no metrics/eval.json there yet)" in result.output
+
+    # A rev git does not know: git's reason on one line, no traceback, exit 1.
+    result = gate("no-such-rev", GOOD)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith("Error: cannot read metrics/eval.json at no-such-rev: fatal: "), result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
 
 
 def test_workflow_passes_actionlint():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -20,6 +21,13 @@ def test_default_store_is_the_cwd_without_dvc(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert tracking.resolve_tracking_uri({}) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert tracking.resolve_artifact_location({}) == (tmp_path.resolve() / "mlruns").as_uri()
+
+
+def test_a_subfolder_of_the_project_uses_the_projects_store(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "reports" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "reports" / "deep")
+    assert tracking.resolve_tracking_uri({}) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
 
 def test_dvc_root_wins_over_the_cwd(tmp_path, monkeypatch):
@@ -74,7 +82,7 @@ def store(tmp_path_factory):
     yield env, MlflowClient(tracking.resolve_tracking_uri(env))
 
 
-def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path):
+def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path, monkeypatch):
     env, client = store
     with tracking.start_run("train", env={**env, "DVC_EXP_NAME": "exp-one"}) as run:
         run.log_params({"model.hidden_dim": 64, "train.lr": 0.003})
@@ -99,12 +107,20 @@ def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path):
     assert client.get_run(run.run_id).data.metrics["test_exact_match"] == 0.5
     assert client.get_run(run.run_id).info.status == "FINISHED"
 
-    # Evaluating the same training run again must not overwrite its results: a new run continues it.
-    with tracking.continue_run(tmp_path / "run.json", "evaluate", ("model", "train"), env) as third:
-        third.log_metrics({"test_exact_match": 0.75})
+    # Evaluating the same training run again must not overwrite its results: a new run continues it. Its new,
+    # lower value must be the run's latest even when logged in the same millisecond as the copy (the clock frozen,
+    # 1 s ahead): MLflow breaks (step, timestamp) ties by the higher value.
+    frozen = time.time() + 1.0
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "time", lambda: frozen)
+        with tracking.continue_run(tmp_path / "run.json", "evaluate", ("model", "train"), env) as third:
+            third.log_metrics({"test_exact_match": 0.25})
     assert third.run_id != run.run_id
     assert client.get_run(run.run_id).data.metrics["test_exact_match"] == 0.5
     follow_up = client.get_run(third.run_id)
+    assert follow_up.data.metrics["test_exact_match"] == 0.25
+    # The per-epoch curves come along whole, not as their last points.
+    assert [(m.step, m.value) for m in client.get_metric_history(third.run_id, "val_loss")] == [(1, 2.5), (2, 1.5)]
     assert follow_up.data.tags["continues_run"] == run.run_id and follow_up.data.params == data.data.params
     assert follow_up.info.run_name == "exp-one" and follow_up.info.status == "FINISHED"
 
@@ -134,8 +150,10 @@ def test_processes_creating_a_new_store_together_do_not_race(tmp_path):
 def test_system_metrics_when_enabled(store):
     env, client = store
     with tracking.start_run("train", env=env) as run, run.system_metrics(True):
-        time.sleep(6)  # MLflow samples every 5 s
-    assert "system/cpu_utilization_percentage" in client.get_run(run.run_id).data.metrics
+        deadline = time.monotonic() + 120  # MLflow samples every 5 s; a loaded machine may take longer
+        while "system/cpu_utilization_percentage" not in client.get_run(run.run_id).data.metrics:
+            assert time.monotonic() < deadline, "no system metrics logged in 120 s"
+            time.sleep(0.5)
     with tracking.start_run("train", env=env) as quiet, quiet.system_metrics(False):
         pass
     assert not any(k.startswith("system/") for k in client.get_run(quiet.run_id).data.metrics)
@@ -242,7 +260,8 @@ def test_a_helper_that_cannot_open_the_store_fails_the_stage(tmp_path):
     expected = pytest.raises(tracking.TrackingError, match=r"MLflow: .*Error")
     with expected as raised, tracking.run_in_helper("train", env=env) as run:
         run.log_metrics({"loss": 1.0}, step=1)
-        time.sleep(5)  # an epoch: the helper has failed by now, and messages to it must not break the trainer
+        # Until the helper has answered (with its error): messages sent after that must not break the trainer.
+        assert select.select([run._process.stdout], [], [], 120)[0], "the helper did not answer in 120 s"
         run.log_metrics({"loss": 0.5}, step=2)
         run.flush()  # the first wait on the helper raises its error
     assert "Broken pipe" not in str(raised.value)
@@ -290,10 +309,28 @@ def test_a_killed_stages_watchdog_leaves_a_rerun_that_reopened_the_run_alone(sto
     """)
     with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as first:
         assert first.stdout.readline().strip() == train.run_id
+        first_token = client.get_run(train.run_id).data.tags[tracking.OWNER_TAG]
+        (watchdog,) = _pids_with_argument(first_token)  # the first stage's watchdog (argv: run id, token)
         with tracking.continue_run(tmp_path / "run.json", "evaluate", ("train",), env) as rerun:
             assert rerun.run_id == train.run_id  # the first never finished: the rerun appends to the same run
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
-            time.sleep(8)  # the first's watchdog imports MLflow and looks at the run meanwhile
+            # Until the first's watchdog has imported MLflow, looked at the run and exited: then the verdict.
+            deadline = time.monotonic() + 120
+            while Path(f"/proc/{watchdog}").exists() and _pids_with_argument(first_token):
+                assert time.monotonic() < deadline, "the killed stage's watchdog did not exit in 120 s"
+                time.sleep(0.1)
             assert client.get_run(train.run_id).info.status == "RUNNING"
     assert client.get_run(train.run_id).info.status == "FINISHED"
+
+
+def _pids_with_argument(argument: str) -> list[int]:
+    """The processes whose command line holds `argument` (Linux: /proc/<pid>/cmdline)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if argument.encode() in cmdline.read_bytes().split(b"\0"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process exited meanwhile
+            continue
+    return pids
