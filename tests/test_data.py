@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from seq2seq import files
 from seq2seq.data import (
     EVAL_SPLITS,
     Vocab,
@@ -88,22 +90,31 @@ def test_vocab_round_trip_and_unknown_token():
 
 
 def test_encoded_batches_are_trimmed_and_wrapped():
+    """A batch is cut to its own longest source and target, which here are shorter than the split's; trim=False
+    keeps the split's widths (one shape for a compiled step). What trimming cuts is padding only."""
     cfg = tiny_data_config()
     frames, _ = generate_splits(cfg)
     vocab = build_vocab(cfg)
     data = encode_split(frames["train"], vocab)
-    import torch
+    index = (data.src_len < data.src.shape[1]).nonzero()[:3, 0]  # (3,) rows shorter than the split's longest
+    src_width, tgt_width = int(data.src_len[index].max()), int(data.tgt_len[index].max())
+    assert src_width < data.src.shape[1] and tgt_width < data.tgt.shape[1]  # so that trimming has work to do
 
-    src, src_len, tgt = data.batch(torch.tensor([0, 1, 2]))
-    assert src.shape == (3, int(src_len.max()))
+    src, src_len, tgt = data.batch(index)
+    assert src.shape == (3, src_width) and tgt.shape == (3, tgt_width)
+    assert torch.equal(src_len, data.src_len[index])
     assert (tgt[:, 0] == vocab.bos_id).all()
-    for row, n in zip(tgt, data.tgt_len[:3], strict=True):
+    for row, n in zip(tgt, data.tgt_len[index], strict=True):
         assert row[n - 1] == vocab.eos_id and (row[n:] == vocab.pad_id).all()
+
+    full_src, full_len, full_tgt = data.batch(index, trim=False)
+    assert full_src.shape == (3, data.src.shape[1]) and full_tgt.shape == (3, data.tgt.shape[1])
+    assert torch.equal(full_len, src_len)
+    assert torch.equal(full_src[:, :src_width], src) and (full_src[:, src_width:] == vocab.pad_id).all()
+    assert torch.equal(full_tgt[:, :tgt_width], tgt) and (full_tgt[:, tgt_width:] == vocab.pad_id).all()
 
 
 def test_atomic_outputs_get_the_modes_any_file_the_user_writes_gets(tmp_path):
-    from seq2seq import files
-
     files.write_json(tmp_path / "metrics.json", {"a": 1})
     files.atomic_dir(tmp_path / "folder", lambda tmp: (tmp / "x.csv").write_text("x\n"))
     (tmp_path / "plain.json").write_text("{}")  # what the user's umask gives any file
@@ -111,3 +122,42 @@ def test_atomic_outputs_get_the_modes_any_file_the_user_writes_gets(tmp_path):
     assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~files._UMASK  # mkstemp alone gives 0600
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~files._UMASK
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+class WriterFailed(Exception):
+    pass
+
+
+def _fail(exception: type[BaseException]):
+    """A writer that leaves part of its output in the temp path, then raises."""
+
+    def write(tmp):
+        if tmp.is_dir():
+            (tmp / "part.csv").write_text("half")
+        else:
+            tmp.write_text("half")
+        raise exception("the writer failed")
+
+    return write
+
+
+@pytest.mark.parametrize("exception", [WriterFailed, KeyboardInterrupt])  # Ctrl-C or a kill mid-write, too
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, exception):
+    """What a killed or failing stage leaves: its previous output, whole, and nothing else."""
+    path = tmp_path / "metrics.json"
+    files.write_json(path, {"old": 1})
+    before = path.read_bytes()
+    with pytest.raises(exception, match="the writer failed"):
+        files.atomic_write(path, _fail(exception))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no .metrics.json.*.tmp left
+
+
+@pytest.mark.parametrize("exception", [WriterFailed, KeyboardInterrupt])
+def test_a_failed_atomic_dir_keeps_the_old_folder_and_leaves_no_temp_folder(tmp_path, exception):
+    path = tmp_path / "plots"
+    files.atomic_dir(path, lambda tmp: (tmp / "old.csv").write_text("old\n"))
+    with pytest.raises(exception, match="the writer failed"):
+        files.atomic_dir(path, _fail(exception))
+    assert sorted(p.name for p in path.iterdir()) == ["old.csv"] and (path / "old.csv").read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]  # no .plots.*.tmp left

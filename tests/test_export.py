@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from seq2seq.export import ExportConfig, trace, write_export
@@ -26,31 +27,46 @@ def _model(vocab, train) -> Seq2Seq:
     return model.eval()
 
 
-def test_exported_program_and_onnx_decode_like_generate(tiny_dataset, tmp_path):
+CFG = ExportConfig(max_src_len=9, max_tgt_len=8)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dataset) -> Seq2Seq:
     vocab, splits = tiny_dataset
-    model = _model(vocab, splits["train"])
-    cfg = ExportConfig(max_src_len=9, max_tgt_len=8)
-    write_export(model, vocab, cfg, tmp_path, "card")
+    return _model(vocab, splits["train"])
+
+
+@pytest.fixture(scope="module")
+def exported(model, tiny_dataset, tmp_path_factory):
+    """The export folder of `model` at CFG's limits: written once, as training and exporting take most of the
+    module's time."""
+    folder = tmp_path_factory.mktemp("export")
+    write_export(model, tiny_dataset[0], CFG, folder, "card")
+    return folder
+
+
+def test_exported_program_and_onnx_decode_like_generate(tiny_dataset, model, exported):
+    vocab, splits = tiny_dataset
     data = splits["test"]
     src, src_len, _ = data.batch(torch.arange(len(data)))  # (B, S<=7) padded, lengths 2..5
-    eager, _ = model.generate(src, src_len, max_len=cfg.max_tgt_len)
+    eager, _ = model.generate(src, src_len, max_len=CFG.max_tgt_len)
     expected = [vocab.decode(row) for row in eager.tolist()]
     assert len(set(expected)) > 5  # the model is not decoding one constant answer: the comparison means something
 
     # The raw ids, <pad> after <eos> included: generate's, padded to the exported graph's fixed length.
-    ids = torch.nn.functional.pad(eager, (0, cfg.max_tgt_len - eager.shape[1]), value=vocab.pad_id)
+    ids = torch.nn.functional.pad(eager, (0, CFG.max_tgt_len - eager.shape[1]), value=vocab.pad_id)
     ends = {row.index(vocab.eos_id) for row in ids.tolist() if vocab.eos_id in row}
     assert len(ends) > 1 and (ids == vocab.pad_id).any()  # answers of several lengths, <pad> after them
-    padded = torch.nn.functional.pad(src, (0, cfg.max_src_len - src.shape[1]), value=vocab.pad_id)
-    program = torch.export.load(tmp_path / "program.pt2").module()
+    padded = torch.nn.functional.pad(src, (0, CFG.max_src_len - src.shape[1]), value=vocab.pad_id)
+    program = torch.export.load(exported / "program.pt2").module()
     assert torch.equal(program(padded, src_len), ids)
-    predictor = Predictor(tmp_path)
+    predictor = Predictor(exported)
     (onnx_ids,) = predictor.session.run(None, {"src": padded.numpy(), "src_len": src_len.numpy()})
     assert torch.equal(torch.from_numpy(onnx_ids), ids)
     sources = [vocab.decode(row[:n]) for row, n in zip(src.tolist(), src_len.tolist(), strict=True)]
     assert [p.prediction for p in predictor.predict(sources)] == expected  # through the Predictor's own batching
-    axes = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in _onnx_io(tmp_path)]
-    assert axes == [["batch", cfg.max_src_len], ["batch"], ["batch", cfg.max_tgt_len]]
+    axes = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in _onnx_io(exported)]
+    assert axes == [["batch", CFG.max_src_len], ["batch"], ["batch", CFG.max_tgt_len]]
 
 
 def _onnx_io(folder):
@@ -60,9 +76,38 @@ def _onnx_io(folder):
     return [*graph.input, *graph.output]
 
 
-def test_the_exported_graph_does_not_grow_with_the_limits(tiny_dataset):
-    vocab, splits = tiny_dataset
-    model = _model(vocab, splits["train"])
+def test_the_predictor_answers_each_line_in_order_refusing_only_the_bad_ones(tiny_dataset, model, exported):
+    """A batch of good and bad lines: each bad line gets an error naming its problem and no prediction, the good
+    ones keep their places and get `generate`'s answers (the rows sent to the model are only the good ones)."""
+    vocab = tiny_dataset[0]
+    good = ["1 2 3", "7 6 5 4 0"]
+    src = torch.full((len(good), 5), vocab.pad_id)
+    for row, line in enumerate(good):
+        ids = vocab.encode(line)
+        src[row, : len(ids)] = torch.tensor(ids)
+    eager, _ = model.generate(src, torch.tensor([3, 5]), max_len=CFG.max_tgt_len)
+    expected = [vocab.decode(row) for row in eager.tolist()]
+    assert expected[0] != expected[1]  # swapped answers would show
+    too_long = " ".join(["1"] * (CFG.max_src_len + 1))
+    lines = ["", good[0], "1 x", "  ", too_long, "3 <eos>", good[1]]
+
+    results = Predictor(exported).predict(lines)
+
+    assert [r.source for r in results] == lines
+    assert [(r.prediction, r.error) for r in results] == [
+        (None, "empty input"),
+        (expected[0], None),
+        (None, "unknown token 'x'"),
+        (None, "empty input"),  # only spaces
+        (None, f"{CFG.max_src_len + 1} tokens, the model takes at most {CFG.max_src_len}"),
+        (None, "unknown token '<eos>'"),  # a special is not an input token
+        (expected[1], None),
+    ]
+    assert Predictor(exported).predict([]) == []
+
+
+def test_the_exported_graph_does_not_grow_with_the_limits(tiny_dataset, model):
+    vocab = tiny_dataset[0]
 
     def nodes(max_src_len: int, max_tgt_len: int) -> int:
         program = trace(model, vocab, ExportConfig(max_src_len, max_tgt_len))

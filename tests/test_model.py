@@ -176,32 +176,65 @@ def test_generate_stops_at_eos_or_max_len():
     assert pred.shape == (3, 4) and attention.shape == (3, 4, 5) and not (pred == EOS).any()
 
 
-def test_pads_after_eos():
+def test_pads_after_eos(monkeypatch):
+    """Rows that finish early get <pad>, not whatever the model would go on to predict, while the others decode on;
+    decoding stops once every row has finished. The vocabulary projection is replaced by scripted logits: row b says
+    4, 5, 6, ... until its step ends[b], then <eos> at every step (so only the mask can put <pad> there)."""
     model = make_model().eval()
-    with torch.no_grad():
-        model.decoder.out.bias[EOS] = 3.0
-    pred, _ = model.generate(*ragged_batch()[:2], max_len=8)
-    for row in pred:
-        ends = (row == EOS).nonzero()
-        if len(ends):
-            assert (row[ends[0, 0] + 1 :] == PAD).all()
+    src, src_len, _ = ragged_batch()
+
+    def script(ends: list[int]):
+        steps = iter(range(100))
+
+        def project(output: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            t = next(steps)
+            logits = torch.zeros(output.shape[0], VOCAB)  # (B, V)
+            for b, end in enumerate(ends):
+                logits[b, EOS if t >= end else 4 + t] = 1.0
+            return logits
+
+        monkeypatch.setattr(model.decoder, "project", project)
+
+    script([1, 3, 99])  # the last row never finishes: decoding runs to max_len
+    pred, _ = model.generate(src, src_len, max_len=6)
+    assert pred.tolist() == [
+        [4, EOS, PAD, PAD, PAD, PAD],
+        [4, 5, 6, EOS, PAD, PAD],
+        [4, 5, 6, 7, 8, 9],
+    ]
+    script([1, 3, 2])  # every row has finished after step 3
+    pred, _ = model.generate(src, src_len, max_len=6)
+    assert pred.tolist() == [[4, EOS, PAD, PAD], [4, 5, 6, EOS], [4, 5, EOS, PAD]]
 
 
 def test_teacher_forcing_mask_is_seeded_and_feeds_predictions_back():
     model = make_model().eval()
     src, src_len, tgt = ragged_batch()
-    forced = model(src, src_len, tgt[:, :-1], teacher_forcing=1.0)
+    tgt_in = tgt[:, :-1]  # (B, T)
+    forced = model(src, src_len, tgt_in, teacher_forcing=1.0)
     torch.manual_seed(5)
-    mixed_a = model(src, src_len, tgt[:, :-1], teacher_forcing=0.5)
+    mixed_a = model(src, src_len, tgt_in, teacher_forcing=0.5)
     torch.manual_seed(5)
-    mixed_b = model(src, src_len, tgt[:, :-1], teacher_forcing=0.5)
-    free = model(src, src_len, tgt[:, :-1], teacher_forcing=0.0)
+    mixed_b = model(src, src_len, tgt_in, teacher_forcing=0.5)
+    free = model(src, src_len, tgt_in, teacher_forcing=0.0)
     torch.testing.assert_close(mixed_a, mixed_b)
     torch.testing.assert_close(forced[:, 0], free[:, 0])  # step 0 always reads <bos>
     assert not torch.allclose(forced, free)
     # With no teacher forcing, every step's input is the previous step's argmax: check against greedy decoding.
     greedy, _ = model.generate(src, src_len, max_len=tgt.shape[1] - 1)
     torch.testing.assert_close(free.argmax(-1)[:, : greedy.shape[1]].masked_fill(greedy == PAD, PAD), greedy)
+
+    # A ratio of 0.5 mixes the two: the coins are the forward's first draw (eval mode: no dropout draws), so the
+    # same seed gives them back; each step after the first reads the truth where its coin says so, else the
+    # previous step's prediction. Fed those inputs, plain teacher forcing must give mixed_a's logits.
+    torch.manual_seed(5)
+    use_truth = torch.rand(tgt_in.shape) < 0.5  # (B, T)
+    assert use_truth[:, 1:].any() and not use_truth[:, 1:].all()  # the seed draws both kinds of step
+    fed = torch.where(use_truth, tgt_in, torch.cat([tgt_in[:, :1], mixed_a.argmax(-1)[:, :-1]], 1))  # (B, T)
+    fed[:, 0] = tgt_in[:, 0]  # <bos>
+    assert not torch.equal(fed, tgt_in) and not torch.equal(fed[:, 1:], free.argmax(-1)[:, :-1])
+    torch.testing.assert_close(mixed_a, model(src, src_len, fed, teacher_forcing=1.0))
+    assert not torch.allclose(mixed_a, forced) and not torch.allclose(mixed_a, free)
 
 
 def test_masking_is_safe_in_half_precision():

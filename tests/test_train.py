@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from seq2seq import train
 from seq2seq.config import ConfigError
 from seq2seq.model import Seq2Seq
 from seq2seq.train import (
@@ -70,9 +71,18 @@ def test_the_fused_adam_steps_like_the_plain_one():
     assert (plain.weight - initial).abs().max() > 0.02  # they did step (lr 0.01, 5 steps)
 
 
-def test_fit_logs_each_epoch_keeps_the_best_weights_and_learns(tiny_dataset):
+def test_fit_logs_each_epoch_keeps_the_best_weights_and_learns(tiny_dataset, monkeypatch):
+    """The kept weights are the best epoch's, not the last's. The real validation loss falls every epoch here, so
+    it is raised by 10 from epoch 3 on: epoch 2 is then the best, and patience lets epochs 3 and 4 run."""
     _, splits = tiny_dataset
     logged, states = [], []
+    real_evaluate_split = train.evaluate_split
+
+    def worse_after_epoch_2(*args, **kwargs):
+        metrics = real_evaluate_split(*args, **kwargs)
+        return {**metrics, "loss": metrics["loss"] + (10.0 if len(logged) >= 2 else 0.0)}  # len(logged): epochs done
+
+    monkeypatch.setattr(train, "evaluate_split", worse_after_epoch_2)
     cfg = tiny_train_config(max_epochs=4, patience=4)
     model = _model()
     result = fit(
@@ -89,9 +99,12 @@ def test_fit_logs_each_epoch_keeps_the_best_weights_and_learns(tiny_dataset):
     assert expected | {"tokens_per_s", "epoch_time_s"} == set(logged[0][1])
     assert [row["teacher_forcing"] for _, row in logged] == [1.0, 0.75, 0.5, 0.5]
     best = min(range(4), key=lambda i: logged[i][1]["val_loss"])
-    assert result.best_epoch == best + 1
-    for key, value in states[best]["model"].items():  # the best weights are that epoch's, not the last
-        assert torch.equal(result.best_state[key], value)
+    assert best == 1 and result.best_epoch == 2 and not result.stopped_early
+    for key, value in states[best]["model"].items():  # the best weights are that epoch's ...
+        assert torch.equal(result.best_state[key], value), key
+    final = model.state_dict()  # ... not the last's, which training has moved on from
+    assert all(torch.equal(states[-1]["model"][key], value) for key, value in final.items())
+    assert any(not torch.equal(result.best_state[key], value) for key, value in final.items())
     assert logged[-1][1]["train_loss"] < logged[0][1]["train_loss"]
 
 
