@@ -194,13 +194,23 @@ def link(run_ref_file: str) -> None:
 @main.command()
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
 @click.option("--sort-by", default="test_exact_match", show_default=True)
-@click.option("--ascending", is_flag=True, help="Sort ascending (default: best first for scores).")
+@click.option(
+    "--ascending/--descending",
+    default=None,
+    help="Sort order (default: best first: losses and perplexities ascending, other metrics descending).",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 @click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), help="Also write a report.")
 @click.option("--metric", default="test_exact_match", show_default=True, help="The report's metric-vs-param plot.")
 @click.option("--param", default=None, help="The report's x axis (default: the first param that differs).")
 def compare(
-    tags: tuple[str, ...], sort_by: str, ascending: bool, fmt: str, html_path: Path | None, metric: str, param: str
+    tags: tuple[str, ...],
+    sort_by: str,
+    ascending: bool | None,
+    fmt: str,
+    html_path: Path | None,
+    metric: str,
+    param: str,
 ) -> None:
     """Compare the runs in the MLflow store: the params that differ and the key metrics, one row per run.
 
@@ -228,9 +238,13 @@ def compare(
     if param is not None and param not in table:
         raise click.BadParameter(f"{param!r} is not a param that differs: {', '.join(params) or 'none'}")
     histories = tracking.metric_histories(list(table["run_id"]), "val_loss")
-    curves = curves_png(
-        {name: histories[rid] for name, rid in zip(table["run"], table["run_id"], strict=True)}, "val_loss"
-    )
+    # One curve per run: runs may share a name (a run continuing another keeps it), so label those with their id.
+    shared = table["run"].duplicated(keep=False)
+    labels = [
+        f"{name} ({rid[:8]})" if dup else name
+        for name, rid, dup in zip(table["run"], table["run_id"], shared, strict=True)
+    ]
+    curves = curves_png(dict(zip(labels, (histories[rid] for rid in table["run_id"]), strict=True)), "val_loss")
     scatter = scatter_png(table, metric, param) if param and metric in table else None
     notes = [f"store: {tracking.resolve_tracking_uri()}", f"{len(table)} runs, sorted by {sort_by}"]
     page = html_report(table, curves, scatter, "Seq2Seq variants", notes)

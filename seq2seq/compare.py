@@ -25,14 +25,22 @@ KEY_METRICS = (
 FORMATS = ("table", "md", "csv", "json")
 
 
-def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool = False) -> pd.DataFrame:
+def lower_is_better(column: str) -> bool:
+    """Losses and perplexities: their best is their lowest."""
+    return column.endswith(("loss", "perplexity"))
+
+
+def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool | None = None) -> pd.DataFrame:
     """One row per run: run name and id, the params whose values differ between runs, the key metrics.
 
-    `runs` is MLflow's search_runs frame (columns run_id, tags.mlflow.runName, params.*, metrics.*).
+    `runs` is MLflow's search_runs frame (columns run_id, tags.mlflow.runName, params.*, metrics.*). Sorted by
+    `sort_by`, best first unless `ascending` says otherwise (losses ascending, scores descending); a param whose
+    values are all numbers sorts as numbers (MLflow keeps params as strings: "128" < "32").
     """
     if runs.empty:
         return pd.DataFrame(columns=["run", "run_id"])
-    table = pd.DataFrame({"run": runs.get("tags.mlflow.runName", runs["run_id"]), "run_id": runs["run_id"]})
+    names = runs["tags.mlflow.runName"] if "tags.mlflow.runName" in runs else pd.Series(None, index=runs.index)
+    table = pd.DataFrame({"run": names.fillna(runs["run_id"]), "run_id": runs["run_id"]})  # unnamed: the id
     params = [c for c in runs.columns if c.startswith("params.")]
     differing = [c for c in params if runs[c].astype("string").nunique(dropna=False) > 1]
     for column in sorted(differing):
@@ -42,7 +50,12 @@ def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool = False) -> 
             table[name] = runs[f"metrics.{name}"]
     if sort_by not in table:
         raise KeyError(f"cannot sort by {sort_by!r}: the table has {', '.join(table.columns)}")
-    return table.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+    if ascending is None:
+        ascending = lower_is_better(sort_by)
+    numbers = pd.to_numeric(table[sort_by], errors="coerce")
+    key = numbers if numbers.notna().sum() == table[sort_by].notna().sum() else table[sort_by].astype("string")
+    order = key.sort_values(ascending=ascending, na_position="last", kind="stable").index
+    return table.loc[order].reset_index(drop=True)
 
 
 def _markdown(table: pd.DataFrame) -> str:

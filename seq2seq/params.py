@@ -51,7 +51,12 @@ def parse_params(raw: Any) -> Params:
     require(not unknown, unknown[0] if unknown else "", f"unknown section (known: {', '.join(SECTIONS)})")
     missing = [s for s in SECTIONS if s not in raw]
     require(not missing, missing[0] if missing else "", "missing section")
-    return Params(**{name: from_mapping(cls, raw[name], name) for name, cls in SECTIONS.items()})
+    params = Params(**{name: from_mapping(cls, raw[name], name) for name, cls in SECTIONS.items()})
+    src, tgt = params.export.max_src_len, params.export.max_tgt_len
+    # Every task's target is at most as long as its source (add: the sum is shorter than "a + b"), plus <eos>;
+    # under that, the exported decoder would cut answers to the longest inputs off without a word.
+    require(tgt > src, "export.max_tgt_len", f"must be > max_src_len ({src}), so answers fit with <eos>; got {tgt}")
+    return params
 
 
 def read_yaml(text: str) -> Any:

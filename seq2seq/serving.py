@@ -29,6 +29,10 @@ class Prediction:
 
 
 class Predictor:
+    # Lines per onnxruntime call: the decoder's activations grow with the batch (about 0.2 MiB a line at the
+    # default limits), so a file of 100k lines in one call would need ~20 GB.
+    batch_size = 512
+
     def __init__(self, export_dir: Path) -> None:
         import onnxruntime
 
@@ -65,12 +69,13 @@ class Predictor:
                 positions.append(i)
             except ValueError as err:
                 results[i] = Prediction(line, None, str(err))
-        if rows:
-            src = np.full((len(rows), self.config["max_src_len"]), self.vocab.pad_id, dtype=np.int64)
-            for r, ids in enumerate(rows):
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            src = np.full((len(chunk), self.config["max_src_len"]), self.vocab.pad_id, dtype=np.int64)
+            for r, ids in enumerate(chunk):
                 src[r, : len(ids)] = ids
-            src_len = np.array([len(ids) for ids in rows], dtype=np.int64)
+            src_len = np.array([len(ids) for ids in chunk], dtype=np.int64)
             (out,) = self.session.run(None, {"src": src, "src_len": src_len})  # (B, max_tgt_len)
-            for i, ids in zip(positions, out.tolist(), strict=True):
+            for i, ids in zip(positions[start : start + self.batch_size], out.tolist(), strict=True):
                 results[i] = Prediction(lines[i], self.vocab.decode(ids))
         return results  # type: ignore[return-value]

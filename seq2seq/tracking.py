@@ -778,10 +778,13 @@ def search_runs(tags: Mapping[str, str] | None = None, env: Mapping[str, str] = 
     import mlflow
 
     experiment_id = experiment_id_of(env)
-    clauses = ["attributes.status = 'FINISHED'"]
-    clauses += [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
     mlflow.set_tracking_uri(resolve_tracking_uri(env))
-    return mlflow.search_runs([experiment_id], filter_string=" and ".join(clauses), output_format="pandas")
+    runs = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", output_format="pandas")
+    # Tags filtered here, not in the filter string: MLflow's has no escape for a quote inside a value.
+    for key, value in (tags or {}).items():
+        column = runs.get(f"tags.{key}")
+        runs = runs[column == value] if column is not None else runs.iloc[0:0]
+    return runs.reset_index(drop=True)
 
 
 def metric_histories(run_ids: list[str], key: str, env: Mapping[str, str] = os.environ) -> dict[str, pd.DataFrame]:

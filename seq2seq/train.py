@@ -237,6 +237,11 @@ def fit(
     batch's token mean; every process validates its share of `val`, so all of them take the same early-stopping
     decision. Pass `log` and `save_state` on rank 0 only.
     """
+    # Every batch must split across the processes; with fewer examples than processes none would (and the epoch's
+    # token count would be zero).
+    require(
+        len(train) >= ctx.world, "train.nproc", f"is {ctx.world} but the training split holds {len(train)} examples"
+    )
     stepper = model
     if ctx.distributed:
         ids = [device.index] if device.type == "cuda" else None

@@ -151,11 +151,12 @@ def run_fit(model: Seq2Seq, train_set, val_set, params: Params, device: torch.de
     """`fit`, with its failures turned into one-line errors (a click exit 1, no traceback)."""
     import torch
 
+    from seq2seq.config import ConfigError
     from seq2seq.train import NonFiniteError, fit
 
     try:
         return fit(model, train_set, val_set, params.train, device, **kwargs)
-    except NonFiniteError as err:
+    except (NonFiniteError, ConfigError) as err:  # ConfigError: params that do not fit the data (train.nproc)
         raise click.ClickException(str(err)) from None
     except torch.OutOfMemoryError:
         raise click.ClickException(

@@ -32,9 +32,20 @@ def test_table_keeps_differing_params_and_sorts():
     table = variant_table(_runs(), "test_exact_match")
     assert list(table.columns) == ["run", "run_id", "model.hidden_dim", "train.lr", "test_exact_match", "test_loss"]
     assert list(table["run"]) == ["big", "small", "fast"]  # best first; ties keep their order
-    assert list(variant_table(_runs(), "test_loss", ascending=True)["run"]) == ["big", "fast", "small"]
+    assert list(variant_table(_runs(), "test_loss")["run"]) == ["big", "fast", "small"]  # a loss: lowest first
+    assert list(variant_table(_runs(), "test_loss", ascending=False)["run"]) == ["small", "fast", "big"]
     with pytest.raises(KeyError, match="cannot sort by 'bleu'"):
         variant_table(_runs(), "bleu")
+
+
+def test_numeric_params_sort_as_numbers_and_unnamed_runs_show_their_id():
+    runs = _runs()
+    runs.loc[2, "tags.mlflow.runName"] = None
+    runs.loc[2, "params.model.hidden_dim"] = "8"
+    table = variant_table(runs, "model.hidden_dim", ascending=True)  # as text: "128" < "64" < "8"
+    assert list(table["model.hidden_dim"]) == ["8", "64", "128"] and list(table["run"]) == ["c", "small", "big"]
+    runs.loc[2, "params.model.hidden_dim"] = "wide"  # not all numbers: as text
+    assert list(variant_table(runs, "model.hidden_dim", ascending=True)["model.hidden_dim"]) == ["128", "64", "wide"]
 
 
 def test_formats():
@@ -104,3 +115,26 @@ def test_compare_reads_the_store(store, tmp_path, monkeypatch):
     assert [row["run"] for row in json.loads(result.stdout)] == ["quick"]
     result = CliRunner().invoke(main, ["compare", "--sort-by", "nope"])
     assert result.exit_code == 2 and "cannot sort by 'nope'" in result.output
+
+
+def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path, monkeypatch):
+    """A run continuing another keeps its name: the report draws both. A tag value with a quote filters (MLflow's
+    filter strings cannot hold one)."""
+    env = {"DVC_ROOT": str(tmp_path)}
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    for lr, losses in ((0.001, [1.0, 0.5]), (0.003, [0.8, 0.2])):
+        with tracking.start_run("train", run_name="same", env=env) as run:
+            run.log_params({"train.lr": lr})
+            run.set_tags({"note": "it's a \\ test"})
+            for epoch, loss in enumerate(losses, start=1):
+                run.log_metrics({"val_loss": loss}, step=epoch)
+            run.log_metrics({"test_exact_match": 0.5})
+    drawn = {}
+    monkeypatch.setattr("seq2seq.compare.curves_png", lambda histories, metric: drawn.update(histories) or "")
+    args = ["compare", "--tag", "note=it's a \\ test", "--format", "json", "--html", str(tmp_path / "r.html")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["run"] for row in rows] == ["same", "same"]
+    assert sorted(drawn) == sorted(f"same ({row['run_id'][:8]})" for row in rows)
+    assert sorted(list(h["value"]) for h in drawn.values()) == [[0.8, 0.2], [1.0, 0.5]]

@@ -105,6 +105,20 @@ def test_the_predictor_answers_each_line_in_order_refusing_only_the_bad_ones(tin
     ]
     assert Predictor(exported).predict([]) == []
 
+    # In chunks (memory stays bounded on a long file), the same answers in the same places.
+    chunked = Predictor(exported)
+    chunked.batch_size = 2
+    calls, session_run = [], chunked.session.run
+
+    class Counting:
+        def run(self, outputs, inputs):
+            calls.append(inputs["src"].shape[0])  # (B, max_src_len)
+            return session_run(outputs, inputs)
+
+    chunked.session = Counting()
+    assert chunked.predict(lines * 2) == results * 2
+    assert calls == [2, 2]  # the 4 good lines, two at a time; the bad ones never reach the model
+
 
 def test_the_exported_graph_does_not_grow_with_the_limits(tiny_dataset, model):
     vocab = tiny_dataset[0]

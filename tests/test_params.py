@@ -36,6 +36,7 @@ BAD_CASES = [
     ("data", "long_max_len", 12, "data.long_max_len: must be > max_len"),
     ("data", "task", "translate", "data.task: must be one of"),
     ("data", "n_val", 0, "data.n_val: must be >= 1"),
+    ("export", "max_tgt_len", 40, "export.max_tgt_len: must be > max_src_len (40)"),
 ]
 
 

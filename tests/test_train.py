@@ -236,3 +236,17 @@ def test_fit_with_the_compiled_step_trains_like_eager(tiny_dataset, monkeypatch)
 def test_compile_with_several_processes_is_refused():
     with pytest.raises(ConfigError, match="compile: is not supported with nproc > 1"):
         tiny_train_config(compile=True, nproc=2)
+
+
+def test_more_processes_than_training_examples_is_refused_before_training(tiny_dataset):
+    """Under data parallelism every batch splits across the processes; with fewer examples than processes none
+    can, and the epoch would end dividing by zero tokens. Refused, naming the param, before DDP starts."""
+    from seq2seq.data import Encoded
+    from seq2seq.distributed import Context
+
+    _, splits = tiny_dataset
+    three = Encoded(*(t[:3] for t in (splits["train"].src, splits["train"].src_len, splits["train"].tgt,
+                                       splits["train"].tgt_len)))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train\.nproc: is 4 but the training split holds 3 examples"):
+        fit(_model(), three, splits["val"], tiny_train_config(nproc=4), torch.device("cpu"), log=lambda *_: None,
+            ctx=Context(rank=0, world=4))  # fmt: skip
