@@ -9,12 +9,13 @@ import os
 import subprocess
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from seq2seq.cli import main
 from seq2seq.gate import GateConfig, check
 from tests.conftest import ROOT
-from tests.helpers import env, run, set_params, tiny_repo
+from tests.helpers import commit, env, run, set_params, tiny_repo
 
 CFG = GateConfig(max_exact_match_drop=0.01, max_bleu_drop=0.02)
 GOOD = {"test": {"exact_match": 0.95, "bleu": 0.97, "loss": 0.1}, "test_long": {"exact_match": 0.4}}
@@ -126,19 +127,29 @@ def test_workflow_passes_actionlint():
 
 
 @pytest.mark.slow
-def test_retrain_script_on_the_smoke_profile(tmp_path):
+def test_retrain_script_on_a_profile(tmp_path):
+    """.ci/retrain end to end on a profile of the tiny sizes (CI's own smoke retraining, in .ci/run, runs the real
+    smoke profile against its committed baseline): apply the profile, retrain every stage, gate against the
+    profile's baseline, report, and with UPDATE_BASELINE=1 make this run the new baseline, which a degraded model
+    then fails against."""
     repo = tiny_repo(tmp_path, run_pipeline=False)  # the retraining runs every stage itself
-    out = run(["bash", ".ci/retrain"], repo, PROFILE="smoke", UPDATE_BASELINE="1", SETUP="0")
-    assert "gate passed" in out
+    # Enough training for the tiny sizes to learn something (val exact match about 0.5), in a second or two.
+    (repo / "profiles" / "tiny.yaml").write_text(yaml.safe_dump({"train": {"max_epochs": 10, "lr": 0.01}}))
+    baseline = repo / "profiles" / "tiny.baseline.json"
+    baseline.write_text(json.dumps({"test": {"exact_match": 0.0, "bleu": 0.0}}))  # anything trained beats it
+    commit(repo, "the tiny profile")
+    out = run(["bash", ".ci/retrain"], repo, PROFILE="tiny", UPDATE_BASELINE="1", SETUP="0")
+    assert "gate passed" in out and "new baseline: profiles/tiny.baseline.json" in out
+    assert json.loads(baseline.read_text()) == json.loads((repo / "metrics" / "eval.json").read_text())
     page = (repo / "reports" / "retrain.md").read_text()
     run_id = json.loads((repo / "models" / "export" / "mlflow_run.json").read_text())["run_id"]
     assert f"MLflow run: `{run_id}`" in page and "| test.exact_match |" in page
     for image in ("retrain_loss.png", "retrain_by_length.png"):
         assert f"]({image})" in page and (repo / "reports" / image).read_bytes()[:4] == b"\x89PNG"
 
-    # A degraded model (one epoch) fails the gate against that baseline.
-    set_params(repo, train={"max_epochs": 1})
+    # A degraded model (one epoch at lr 1e-4) fails the gate against the new baseline.
+    set_params(repo, train={"max_epochs": 1, "lr": 1e-4})
     run(["dvc", "repro", "evaluate"], repo)  # the gate reads only the evaluation: no export needed
     gate = ["seq2seq", "gate", "--params", "params.yaml", "--metrics", "metrics/eval.json"]
-    out = run([*gate, "--baseline-file", "profiles/smoke.baseline.json"], repo, expect=1)
-    assert "FAIL" in out and "test.exact_match dropped by" in out
+    out = run([*gate, "--baseline-file", "profiles/tiny.baseline.json"], repo, expect=1)
+    assert "FAIL" in out and "test.exact_match dropped by" in out, out
