@@ -49,7 +49,7 @@ def prepare(folder: Path, params: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     params_path = folder / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    command = [sys.executable, str(ROOT / "stages/generate.py"), "--params", str(params_path), "--out", "data",
+    command = [sys.executable, "-m", "stages.generate", "--params", str(params_path), "--out", "data",
                "--metrics", "metrics/data.json", "--lengths", "plots/data_lengths.csv"]  # fmt: skip
     subprocess.run(command, cwd=folder, env=stage_env(folder), check=True, capture_output=True)
     return params_path
@@ -57,4 +57,4 @@ def prepare(folder: Path, params: dict) -> Path:
 
 def train_command(params_path: Path) -> list[str]:
     args = [arg for flag, path in TRAIN_OUTPUTS.items() for arg in (flag, path)]
-    return [sys.executable, str(ROOT / "stages/train.py"), "--params", str(params_path), "--data", "data", *args]
+    return [sys.executable, "-m", "stages.train", "--params", str(params_path), "--data", "data", *args]

@@ -75,7 +75,7 @@ def train_reference(model: ReferenceSeq2Seq, train, val, vocab, cfg, target: flo
     return history
 
 
-def train_project(model: Seq2Seq, train, val, cfg, target: float) -> list[dict]:
+def train_project(model: Seq2Seq, train, val, cfg, max_extra_len: int, target: float) -> list[dict]:
     history, clock = [], 0.0
 
     def log(epoch: int, row: dict[str, float]) -> None:
@@ -87,7 +87,7 @@ def train_project(model: Seq2Seq, train, val, cfg, target: float) -> list[dict]:
             raise Reached
 
     with contextlib.suppress(Reached):
-        fit(model, train, val, cfg, torch.device("cpu"), log)
+        fit(model, train, val, cfg, torch.device("cpu"), log, max_extra_len=max_extra_len)
     return history
 
 
@@ -114,7 +114,7 @@ def main(params_path: Path, target: float, max_epochs: int | None, out: Path) ->
     reference = ReferenceSeq2Seq(len(vocab), m.emb_dim, m.hidden_dim, m.num_layers, m.dropout).load_from(project)
     click.echo(f"time to val exact match {target} ({params.data.task}, {len(train)} examples, CPU, "
                f"{torch.get_num_threads()} threads, torch {torch.__version__})")  # fmt: skip
-    results = {"project": train_project(project, train, val, cfg, target)}
+    results = {"project": train_project(project, train, val, cfg, params.evaluate.max_extra_len, target)}
     results["reference"] = train_reference(reference, train, val, vocab, cfg, target, cfg.max_epochs)
     click.echo(f"{'trainer':<10} {'epochs':>6} {'train s':>8}")
     reached = {}

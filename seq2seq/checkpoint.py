@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -87,3 +89,34 @@ def load_train_state(path: Path) -> dict[str, Any] | None:
     if not Path(path).is_file():
         return None
     return _load(path, "training state")
+
+
+def code_files(stage: Path) -> list[Path]:
+    """The code a training state is made by: the stage's file and the library."""
+    return [stage, *sorted(Path(__file__).parent.glob("**/*.py"))]
+
+
+def fingerprint(flat_params: dict[str, Any], data_digest: str, code: list[Path], threads: int) -> str:
+    """What a saved training state must match to be resumed: the training's params, the exact data, the code (a
+    state from other code may not load, or would finish a run that other code began) and the CPU thread count
+    (another sums in another order: the resumed run would not end as an uninterrupted one)."""
+    digest = hashlib.sha256(json.dumps([flat_params, data_digest, threads], sort_keys=True).encode())
+    for path in code:
+        digest.update(f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def resumable(path: Path, expected: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the saved state if it belongs to an unfinished run of this fingerprint, else None; a note for the user on
+    what happens to a state that exists). The state only saves time: an unreadable one is set aside, not an error."""
+    try:
+        state = load_train_state(path)
+    except InputError as err:  # e.g. a disk that lost the last write
+        return None, f"warning: ignoring the saved training state: {err}; training starts from epoch 1"
+    if state is None or state.get("complete"):
+        return None, None
+    if state.get("fingerprint") != expected:
+        # Said aloud: after a kill, an edit to the code or the params silently costing the epochs done would puzzle.
+        note = "is from a run with other params, data, code or thread count; training starts from epoch 1"
+        return None, f"note: {path} {note} in a new MLflow run"
+    return state, f"resuming after epoch {state['epoch']} (MLflow run {state.get('run_id')})"

@@ -6,11 +6,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from seq2seq.files import atomic_write
 from seq2seq.plots import plt
 
 KEY_METRICS = (
@@ -79,6 +83,18 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return table.to_json(orient="records", indent=2)
     raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+class DvcError(RuntimeError):
+    """A dvc command failed; the message carries its error."""
+
+
+def dvc_exp_links(run_ref_file: str) -> list[dict[str, str]]:
+    """exp_links of `dvc exp show --json` in the working directory's repository."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
+    if shown.returncode != 0:
+        raise DvcError(f"dvc exp show failed: {shown.stderr.strip()}")
+    return exp_links(json.loads(shown.stdout), run_ref_file)
 
 
 def exp_links(exp_show: Any, run_ref_file: str) -> list[dict[str, str]]:
@@ -158,3 +174,35 @@ def html_report(table: pd.DataFrame, curves: str, scatter: str | None, title: st
 td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}figure{{display:inline-block;margin:1em}}</style>
 </head><body><h1>{html.escape(title)}</h1><ul>{items}</ul>{rows}{figures}</body></html>
 """
+
+
+def variants_page(
+    table: pd.DataFrame, val_loss: dict[str, pd.DataFrame], metric: str, param: str | None, notes: Iterable[str]
+) -> str:
+    """The offline HTML report of a variant table: one validation-loss curve per run (`val_loss`: run id -> its
+    history), and `metric` against `param` when both are set and in the table."""
+    # One curve per run: runs may share a name (a run continuing another keeps it), so label those with their id.
+    shared = table["run"].duplicated(keep=False)
+    labels = [
+        f"{name} ({rid[:8]})" if dup else name
+        for name, rid, dup in zip(table["run"], table["run_id"], shared, strict=True)
+    ]
+    curves = curves_png(dict(zip(labels, (val_loss[rid] for rid in table["run_id"]), strict=True)), "val_loss")
+    scatter = scatter_png(table, metric, param) if param and metric in table else None
+    return html_report(table, curves, scatter, "Seq2Seq variants", notes)
+
+
+def write_html(path: Path, table: pd.DataFrame, metric: str, param: str | None, sort_by: str) -> None:
+    """variants_page of `table` at `path`, with each run's validation loss read from the store. `param` defaults to
+    the first param that differs; KeyError if it is not a column of the table."""
+    from seq2seq import tracking  # here: the table and its formats need nothing of the tracking package
+    from seq2seq.tracking import registry
+
+    params = [c for c in table.columns if c not in ("run", "run_id", *KEY_METRICS)]
+    param = param or (params[0] if params else None)
+    if param is not None and param not in table:
+        raise KeyError(f"{param!r} is not a param that differs: {', '.join(params) or 'none'}")
+    val_loss = registry.metric_histories(list(table["run_id"]), "val_loss")
+    notes = [f"store: {tracking.resolve_tracking_uri()}", f"{len(table)} runs, sorted by {sort_by}"]
+    page = variants_page(table, val_loss, metric, param, notes)
+    atomic_write(path, lambda tmp: tmp.write_text(page))

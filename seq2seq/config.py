@@ -23,6 +23,14 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
+class StageError(RuntimeError):
+    """A stage cannot go on (training diverged, out of memory); the message says what to change."""
+
+
+class ParamsError(ValueError):
+    """params.yaml cannot be used; the message names the file and the dotted key."""
+
+
 def require(condition: bool, key: str, problem: str) -> None:
     """Raise ConfigError for `key` unless `condition` holds (used by the configs' range checks)."""
     if not condition:

@@ -1,10 +1,11 @@
-"""Batched beam search and sequence scoring for the Seq2Seq model (greedy decoding is `Seq2Seq.generate`)."""
+"""Batched beam search and sequence scoring for the Seq2Seq model (greedy decoding is `Seq2Seq.generate`); the
+beams advance through `Seq2Seq.decode_step`, the step every decoder runs."""
 
 from __future__ import annotations
 
 import torch
 
-from seq2seq.model import Seq2Seq
+from seq2seq.model import DecoderState, Seq2Seq
 
 
 @torch.no_grad()
@@ -16,13 +17,12 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, beam_s
     fix the target length, so no length bias needs correcting. Call in eval mode.
     """
     batch, k = src.shape[0], beam_size
-    enc_out, keys, mask, h, c = model._encode(src, src_len)
+    state = model.encode(src, src_len)
 
     def tile(x: torch.Tensor) -> torch.Tensor:
         return x.repeat_interleave(k, dim=0)  # (B, ...) -> (B*K, ...), beams of a source adjacent
 
-    enc_out, keys, mask = tile(enc_out), tile(keys), tile(mask)
-    h, c = [tile(x) for x in h], [tile(x) for x in c]
+    state = DecoderState(*map(tile, state[:3]), [tile(x) for x in state.h], [tile(x) for x in state.c])
     scores = torch.full((batch, k), float("-inf"), device=src.device)  # (B, K)
     scores[:, 0] = 0.0  # all beams start identical: keep one, or the top-k would pick K copies of it
     token = torch.full((batch * k,), model.bos_id, dtype=torch.long, device=src.device)  # (B*K,)
@@ -30,8 +30,8 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, beam_s
     sequences = token.new_empty(batch * k, 0)  # (B*K, t)
     base = (torch.arange(batch, device=src.device) * k).unsqueeze(1)  # (B, 1): first beam row of each source
     for _ in range(max_len):
-        out, context, h, c, _ = model.decoder.step(model.decoder.embedding(token), h, c, keys, enc_out, mask)
-        log_probs = torch.log_softmax(model.decoder.project(out, context).float(), dim=-1)  # (B*K, V)
+        logits, state, _ = model.decode_step(token, state)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
         vocab = log_probs.shape[-1]
         frozen = torch.full_like(log_probs, float("-inf"))
         frozen[:, model.pad_id] = 0.0
@@ -40,7 +40,8 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, beam_s
         scores, index = candidates.topk(k, dim=1)  # (B, K)
         rows = (base + index // vocab).reshape(-1)  # (B*K,) the beam each survivor extends
         token = (index % vocab).reshape(-1)  # (B*K,)
-        h, c = [x[rows] for x in h], [x[rows] for x in c]
+        # Only the LSTM state differs between the beams of a source; the encoder's outputs are the same copies.
+        state = state._replace(h=[x[rows] for x in state.h], c=[x[rows] for x in state.c])
         sequences = torch.cat([sequences[rows], token.unsqueeze(1)], dim=1)
         finished = finished[rows] | (token == model.eos_id)
         if bool(finished.all()):

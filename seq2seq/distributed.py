@@ -1,4 +1,5 @@
-"""Data-parallel training through torchrun: launching, the process group, and the few collectives `fit` needs.
+"""Data-parallel training through torchrun: launching, the process group, the few collectives `fit` needs, and
+the device plumbing beside its loop (DDP wrapping, splitting a batch between processes, autocast).
 
 `train.nproc > 1` makes the train stage run itself as `nproc` workers through torchrun's launcher (what
 `torchrun --standalone` does: one machine; gloo on the CPU, nccl on GPUs, one GPU per process).
@@ -9,6 +10,7 @@ rank 0 writes outputs and talks to MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,11 +18,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from seq2seq.config import require
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,14 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """Run the script and arguments `argv` as `nproc` workers on this machine (what `torchrun --standalone`
-    does, through its Python API); returns the exit code: 0, or the first failed worker's.
+def launch(nproc: int, argv: list[str], device: torch.device) -> int:
+    """Run the Python arguments `argv` as `nproc` workers on this machine (what `torchrun --standalone` does,
+    through its Python API), one GPU each on CUDA; returns the exit code: 0, or the first failed worker's.
 
     The workers print their own errors; torchrun's summary traceback of a failed worker is left out.
     """
+    gpus = torch.cuda.device_count() if device.type == "cuda" else nproc
+    require(nproc <= gpus, "train.nproc", f"is {nproc} but this machine has {gpus} GPUs")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -71,6 +78,15 @@ def launch(nproc: int, argv: list[str]) -> int:
         _, failure = err.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device, nproc: int) -> Iterator[tuple[Context, torch.device]]:
+    """This process's context and device, in the process group while the block runs when torchrun launched it."""
+    try:
+        yield init(device, nproc)
+    finally:
+        shutdown()
 
 
 def init(device: torch.device, nproc: int) -> tuple[Context, torch.device]:
@@ -113,11 +129,14 @@ def sum_(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
     return tensor
 
 
-def min_(tensor: torch.Tensor, ctx: Context) -> torch.Tensor:
-    """The elementwise minimum of `tensor` over all processes (in place)."""
+def earliest_step(step: torch.Tensor, ctx: Context) -> int:
+    """The smallest positive `step` (a 0-d long tensor, -1 for none) over all processes; -1 if none has one."""
     if ctx.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return tensor
+        never = torch.iinfo(torch.long).max
+        step = torch.where(step > 0, step, never)
+        dist.all_reduce(step, op=dist.ReduceOp.MIN)
+        step = torch.where(step == never, -1, step)
+    return int(step)
 
 
 def gather(value: Any, ctx: Context) -> list[Any]:
@@ -127,3 +146,34 @@ def gather(value: Any, ctx: Context) -> list[Any]:
     out: list[Any] = [None] * ctx.world
     dist.all_gather_object(out, value)
     return out
+
+
+def wrap(model: torch.nn.Module, device: torch.device, ctx: Context) -> torch.nn.Module:
+    """The module a training step runs: `model` itself in a single process; under data parallelism `model` in
+    DistributedDataParallel, which broadcasts rank 0's weights now and averages the gradients inside backward()."""
+    if not ctx.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def split_batch(index: torch.Tensor, tgt_len: torch.Tensor, ctx: Context) -> tuple[torch.Tensor | None, float]:
+    """This process's rows of the global batch `index` (B,), and the weight of its loss; (None, 0.0) for a last
+    batch too small to split, which every process skips alike. In a single process: the batch, weight 1.
+
+    DDP averages the gradients over the processes; weighting each process's token-mean loss by its share of the
+    global batch's target tokens (tgt_len counts <bos>) makes that average the gradient of the batch's token mean.
+    """
+    if not ctx.distributed:
+        return index, 1.0
+    if len(index) < ctx.world:
+        return None, 0.0
+    batch_tokens = int((tgt_len[index] - 1).sum())
+    index = index.tensor_split(ctx.world)[ctx.rank]
+    return index, float((tgt_len[index] - 1).sum()) * ctx.world / batch_tokens
+
+
+def autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """bf16 autocast where asked for (train.bf16) and on CUDA; the CPU always runs fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")

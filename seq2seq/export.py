@@ -3,7 +3,7 @@ plus the vocabulary, the decoding limits and a model card.
 
 Exported graphs need static control flow, so the exported decoder pads every source to `max_src_len`, runs the
 encoder as a length-masked LSTM (instead of packing, which does not export) and always runs `max_tgt_len` decoder
-steps, emitting <pad> after <eos>. Its predictions equal `Seq2Seq.generate`'s.
+steps, emitting <pad> after <eos>. Its decoder step is `Seq2Seq.greedy_step`, the one `generate` runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from torch import nn
 from torch._higher_order_ops.scan import scan  # a prototype API, torch.export's loop; torch is pinned
 
 from seq2seq.config import require
-from seq2seq.model import Seq2Seq, lstm_cell
+from seq2seq.fast import lstm_cell
+from seq2seq.files import InputError, read_json
+from seq2seq.model import Seq2Seq
 from seq2seq.serving import CARD_FILE, CONFIG_FILE, ONNX_FILE, PROGRAM_FILE
 from seq2seq.vocab import VOCAB_FILE, Vocab
 
@@ -53,29 +55,24 @@ class StaticGreedy(nn.Module):
         self.model, self.max_src_len, self.max_tgt_len = model, max_src_len, max_tgt_len
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor) -> torch.Tensor:
-        model, decoder = self.model, self.model.decoder
-        enc_out, h, c = _scan_lstm(model.encoder.lstm, model.encoder.embedding(src), src_len)  # (B, S, H), (L, B, H)
-        mask = torch.arange(self.max_src_len, device=src.device).unsqueeze(0) < src_len.unsqueeze(1)  # (B, S)
-        keys = decoder.attention.key_proj(enc_out)  # (B, S, H)
+        model = self.model
+        encoded = _scan_lstm(model.encoder.lstm, model.encoder.embedding(src), src_len)  # (B, S, H), (L, B, H) x 2
+        first = model.first_state(*encoded, src_len)
 
         def step(carry, _):
             token, finished, h, c = carry  # (B,), (B,), (L, B, H), (L, B, H)
-            out, context, h, c, _ = decoder.step(
-                decoder.embedding(token), list(h.unbind(0)), list(c.unbind(0)), keys, enc_out, mask
-            )
-            token = decoder.project(out, context).argmax(-1)  # (B,)
-            token = torch.where(finished, torch.full_like(token, model.pad_id), token)
-            finished = finished | (token == model.eos_id)
-            return (token, finished, torch.stack(h), torch.stack(c)), token.clone()  # scan outputs may not alias
+            state = first._replace(h=list(h.unbind(0)), c=list(c.unbind(0)))
+            token, finished, state, _ = model.greedy_step(token, finished, state)  # the step `generate` runs
+            return (token, finished, torch.stack(state.h), torch.stack(state.c)), token.clone()  # outputs may not alias
 
-        start = (torch.full_like(src_len, model.bos_id), torch.zeros_like(src_len, dtype=torch.bool), h, c)
+        start = (torch.full_like(src_len, model.bos_id), torch.zeros_like(src_len, dtype=torch.bool), *encoded[1:])
         steps = src.new_zeros(self.max_tgt_len, 1)  # (T, 1): scan needs a sequence to run over; its values unused
         _, tokens = scan(step, start, steps)  # (T, B)
         return tokens.transpose(0, 1)  # (B, T)
 
 
 def _scan_lstm(lstm: nn.LSTM, x: torch.Tensor, src_len: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`masked_lstm` in eval mode with each layer's time loop as a `scan`: the top layer's outputs (B, S, H) and
+    """`fast.masked_lstm` in eval mode with each layer's time loop as a `scan`: the top layer's outputs (B, S, H) and
     the final h and c (L, B, H), those of a packed call."""
     valid = (torch.arange(x.shape[1], device=x.device).unsqueeze(1) < src_len.unsqueeze(0)).unsqueeze(-1)  # (S, B, 1)
     final_h, final_c = [], []
@@ -173,6 +170,18 @@ def write_export(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path,
     vocab.save(out_dir / VOCAB_FILE)
     (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     (out_dir / CARD_FILE).write_text(card)
+
+
+def read_metrics(train_metrics: Path, eval_metrics: Path) -> tuple[dict, dict]:
+    """What the model card shows: the train stage's metrics (metric -> value) and the evaluate stage's, flattened
+    to split_metric -> value; InputError naming a file that is not what it should be."""
+    evaluation = read_json(eval_metrics, "metrics file")
+    if not isinstance(evaluation, dict) or not all(isinstance(v, dict) for v in evaluation.values()):
+        raise InputError(f"{eval_metrics}: not the evaluate stage's metrics (split -> metric -> value)")
+    training = read_json(train_metrics, "metrics file")
+    if not isinstance(training, dict):
+        raise InputError(f"{train_metrics}: not the train stage's metrics (metric -> value)")
+    return training, {f"{split}_{k}": v for split, values in evaluation.items() for k, v in values.items()}
 
 
 def model_card(params_flat: dict, train_metrics: dict, eval_metrics: dict, cfg: ExportConfig) -> str:

@@ -1,13 +1,18 @@
 """The quality gate: the workspace's evaluation metrics against a baseline's, with tolerances from params.yaml.
 
 A retrained model fails the gate when test exact match (or BLEU) drops by more than its tolerance, or when any
-baseline metric is missing or not finite in the workspace.
+baseline metric is missing or not finite in the workspace. The baseline is a metrics file, or the workspace's
+metrics file as committed at a git rev.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from seq2seq.config import require
@@ -82,3 +87,54 @@ def table(checks: list[Check]) -> str:
             f"| {c.metric} | {fmt(c.baseline)} | {fmt(c.current)} | {fmt(change)} | {fmt(c.allowed_drop)} | {verdict} |"
         )
     return "\n".join(rows)
+
+
+class GateError(ValueError):
+    """The metrics to compare cannot be read; the message names the file (and the git rev)."""
+
+
+def check_revision(rev: str) -> str:
+    """`rev`, refused if it starts with `-`: git and DVC would take it for an option (`git show REV:path` has no
+    place for a `--` before it)."""
+    if rev.startswith("-"):
+        raise GateError(f"{rev!r} is not a git revision (it starts with '-')")
+    return rev
+
+
+def metrics_json(text: str, source: str) -> dict[str, Any]:
+    """A metrics file's JSON object; GateError naming `source` if it is not one."""
+    try:
+        metrics = json.loads(text)
+    except ValueError as err:
+        raise GateError(f"{source}: not a metrics file ({err})") from None
+    if not isinstance(metrics, dict):
+        raise GateError(f"{source}: not a metrics file (a JSON {type(metrics).__name__})")
+    return metrics
+
+
+def baseline_metrics(rev: str, baseline_file: Path | None, metrics_path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The baseline's metrics (None when it has none yet: a first run) and a label saying where they came from:
+    `baseline_file` if given, else `metrics_path` as committed at the git rev `rev`."""
+    if baseline_file is not None:
+        return metrics_json(baseline_file.read_text(), str(baseline_file)), str(baseline_file)
+    check_revision(rev)
+    # `REV:./path` is relative to the working directory; a bare `REV:/abs/path` would be taken as "not in REV" and
+    # the gate would pass with no baseline.
+    relative = os.path.relpath(metrics_path.resolve(), Path.cwd().resolve())
+    shown = subprocess.run(["git", "show", f"{rev}:./{relative}"], capture_output=True, text=True, check=False)
+    if shown.returncode != 0:
+        if "does not exist" in shown.stderr or "exists on disk, but not in" in shown.stderr:
+            return None, f"{rev} (no {metrics_path} there yet)"
+        raise GateError(f"cannot read {metrics_path} at {rev}: {shown.stderr.strip()}")
+    return metrics_json(shown.stdout, f"{metrics_path} at {rev}"), f"{metrics_path} at {rev}"
+
+
+def gate_checks(
+    cfg: GateConfig, metrics_path: Path, rev: str, baseline_file: Path | None = None
+) -> tuple[list[Check], str]:
+    """The workspace's metrics (`metrics_path`) checked against the baseline's, and the baseline's label."""
+    if not metrics_path.is_file():
+        raise GateError(f"{metrics_path}: no such metrics file; run the pipeline first (dvc repro)")
+    current = metrics_json(metrics_path.read_text(), str(metrics_path))
+    baseline, label = baseline_metrics(rev, baseline_file, metrics_path)
+    return check(current, baseline, cfg), label

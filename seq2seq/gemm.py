@@ -4,9 +4,9 @@ one GEMM over all steps.
 Why oneDNN: PyTorch sends fp32 CPU matmuls to MKL's sgemm, which on non-Intel CPUs (the AMD EPYC these benchmarks
 run on) dispatches its AVX2 kernels; oneDNN picks its kernels from the ISA it detects, and runs the same fp32 GEMMs
 (fp32 inputs, fp32 accumulation, no reduced-precision math mode) about 2.2x faster there. Other dtypes and devices,
-and builds without oneDNN, take `F.linear`. The teacher-forced forward uses these (training, and the teacher-forced
-loss of validation and evaluation); decoding (`Decoder.step`, `Decoder.project`, export) keeps plain modules, so it
-traces and exports as before.
+and builds without oneDNN, take `F.linear`. The teacher-forced forward (seq2seq/fast.py) uses these (training, and
+the teacher-forced loss of validation and evaluation); decoding (`Decoder.step`, `Decoder.project`, export) keeps
+plain modules, so it traces and exports as before.
 """
 
 from __future__ import annotations

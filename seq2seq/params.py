@@ -7,17 +7,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import ConfigError, from_mapping, require
+from seq2seq.config import ConfigError, ParamsError, from_mapping, require
 from seq2seq.data import DataConfig
 from seq2seq.evaluation import EvaluateConfig
 from seq2seq.export import ExportConfig
 from seq2seq.gate import GateConfig
 from seq2seq.model import ModelConfig
 from seq2seq.train import TrainConfig
-
-
-class ParamsError(ValueError):
-    """params.yaml cannot be used; the message names the file and the dotted key."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,22 @@ import pandas as pd
 matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot's import
 import matplotlib.pyplot as plt
 
+from seq2seq.files import InputError, describe
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_exact_match")  # what the training curves draw
+
+
+def read_history(path: Path) -> list[dict]:
+    """The train stage's per-epoch history (plots/train_history.csv), for `loss_curves`."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as err:  # missing, empty, not CSV
+        raise InputError(f"{path}: not a readable training history ({describe(err)})") from None
+    missing = sorted(set(HISTORY_COLUMNS) - set(frame.columns))
+    if missing or frame.empty:
+        raise InputError(f"{path}: not a training history (no {', '.join(missing) or 'rows'})")
+    return frame.to_dict("records")
+
 
 def loss_curves(history: list[dict[str, float]], path: Path) -> None:
     """Train and validation loss per epoch, with validation exact match on a second axis."""

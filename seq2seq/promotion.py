@@ -1,8 +1,10 @@
-"""The rule that decides whether a candidate model replaces the registry's champion."""
+"""The rule that decides whether a candidate model replaces the registry's champion, and the step that weighs a
+run against the champion and registers it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 KEY_METRIC = "test_exact_match"  # higher is better
 TIE_BREAKER = "test_loss"  # lower is better
@@ -37,3 +39,79 @@ def _require(metrics: dict[str, float], who: str) -> None:
     missing = [k for k in (KEY_METRIC, TIE_BREAKER) if k not in metrics]
     if missing:
         raise KeyError(f"the {who} run has no {', '.join(missing)}; run the evaluate stage first")
+
+
+class PromotionError(RuntimeError):
+    """The candidate cannot be weighed or registered; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Candidacy:
+    """A registered candidate, the champion it was weighed against, and the decision."""
+
+    run_id: str
+    version: str  # the candidate's registered version
+    metrics: dict[str, float]
+    champion: tuple[str, str] | None  # (version, run id) holding the alias, or None
+    champion_metrics: dict[str, float] | None
+    decision: Decision
+
+    @property
+    def is_champion(self) -> bool:
+        return self.champion is not None and self.champion[0] == self.version
+
+    @property
+    def moves_alias(self) -> bool:
+        """Whether the champion alias should move to the candidate."""
+        return self.decision.promote and not self.is_champion
+
+    @property
+    def champion_label(self) -> str:
+        return f"version {self.champion[0]} (run {self.champion[1]})" if self.champion else "none"
+
+    def summary(self) -> str:
+        """The key metrics of both side by side, and which versions they are."""
+        lines = [f"{'metric':<18} {'candidate':>12} {'champion':>12}"]
+        for key in (KEY_METRIC, TIE_BREAKER):
+            old = f"{self.champion_metrics[key]:.6g}" if self.champion_metrics else "-"
+            lines.append(f"{key:<18} {self.metrics[key]:>12.6g} {old:>12}")
+        lines.append(f"candidate: version {self.version} (run {self.run_id}); champion: {self.champion_label}")
+        return "\n".join(lines)
+
+    def verdict(self, alias: str) -> str:
+        """What promoting did, in one line; `alias` is the champion alias as `model@alias`."""
+        if self.is_champion:
+            return "the candidate already is the champion"
+        if self.decision.promote:
+            return f"promoted: {self.decision.reason}; {alias} -> version {self.version}"
+        return f"not promoted: {self.decision.reason}; the champion stays {self.champion_label}"
+
+
+def register_candidate(run_ref: Path) -> Candidacy:
+    """Read the metrics of the run that `run_ref` names and of the champion's run, decide, and register the
+    candidate (whatever the decision: moving the alias is the caller's step); PromotionError on any failure."""
+    # Imported here: `decide` alone needs nothing of the tracking package.
+    from seq2seq import tracking
+    from seq2seq.tracking import registry
+
+    try:
+        run_id = tracking.read_run_reference(run_ref)
+        candidate = registry.run_metrics(run_id)
+    except tracking.RunUnavailable as err:
+        raise PromotionError(f"{run_ref} names {err}; {err.remedy()}retrain and export it") from None
+    except tracking.TrackingError as err:
+        raise PromotionError(str(err)) from None
+    current = registry.champion()
+    try:
+        champion_metrics = registry.run_metrics(current[1]) if current else None
+    except tracking.RunUnavailable as err:  # nothing to compare against: replacing it unseen would be a guess
+        raise PromotionError(
+            f"the champion, version {current[0]}, comes from {err}; {err.remedy()}move "
+            f"the alias by hand (MlflowClient().set_registered_model_alias)"
+        ) from None
+    try:
+        decision = decide(candidate, champion_metrics)
+        version = registry.register(run_id)
+    except (KeyError, LookupError) as err:  # metrics the evaluate stage did not log, a run with no model
+        raise PromotionError(str(err.args[0])) from None
+    return Candidacy(run_id, version, candidate, current, champion_metrics, decision)

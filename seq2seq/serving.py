@@ -79,3 +79,13 @@ class Predictor:
             for i, ids in zip(positions[start : start + self.batch_size], out.tolist(), strict=True):
                 results[i] = Prediction(lines[i], self.vocab.decode(ids))
         return results  # type: ignore[return-value]
+
+
+def open_predictor(model_ref: str) -> Predictor:
+    """The Predictor of an export folder, or the one inside an MLflow model URI (`models:/seq2seq@champion`).
+    OSError, LookupError or ValueError (InputError among them) naming the problem."""
+    if Path(model_ref).is_dir():
+        return Predictor(Path(model_ref))
+    from seq2seq.tracking import registry  # only for a URI: serving a folder needs no mlflow
+
+    return registry.load_predictor(model_ref)

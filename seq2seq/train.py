@@ -1,29 +1,31 @@
 """The training loop: Adam, gradient clipping, teacher-forcing and LR schedules, validation and early stopping.
 
 Tracking stays outside: `fit` calls `log(epoch, metrics)` and `save_state(state)` once per epoch and returns the
-best weights; the stage decides what those become (MLflow, files).
+best weights; the stage decides what those become (MLflow, files). Data parallelism's plumbing (DDP, splitting a
+batch, the collectives) lives in seq2seq/distributed.py; validation is `evaluation.score`, the test's scorer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
 
 from seq2seq import distributed
-from seq2seq.config import require
+from seq2seq.config import StageError, require
 from seq2seq.data import Encoded
 from seq2seq.distributed import SINGLE, Context
-from seq2seq.metrics import exact_matches, token_matches
+from seq2seq.evaluation import score
 from seq2seq.model import Seq2Seq, sequence_loss
+from seq2seq.train_state import EpochSums, FitResult, begin, capture, cpu_copy
 
 
 @dataclass(frozen=True)
@@ -90,82 +92,22 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return final + (cfg.lr - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-@dataclass
-class EarlyStopping:
-    """Tracks the best validation loss; `should_stop` after `patience` epochs without a min_delta improvement."""
-
-    patience: int
-    min_delta: float
-    best: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record one epoch's value; True when it is a new best."""
-        if value < self.best - self.min_delta:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
-
-
-@dataclass
-class FitResult:
-    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
-    best_epoch: int = 0
-    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # CPU copy of the best weights
-    stopped_early: bool = False
-
-
-class NonFiniteError(RuntimeError):
+class NonFiniteError(StageError):
     """The loss or the gradient norm stopped being finite; nothing of that epoch is saved."""
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (and the device's peak allocation on CUDA), in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"peak_rss_mib": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    if device.type == "cuda":
+        peak["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
 
 
 def show_progress() -> bool:
     """Progress bars only for a person at a terminal, never in CI logs or DVC's captured output."""
     return sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def evaluate_split(
-    model: Seq2Seq, data: Encoded, batch_size: int, device: torch.device, bf16: bool = False, ctx: Context = SINGLE
-):
-    """Teacher-forced loss and greedy-decoding token accuracy / exact match over a whole split.
-
-    Under data parallelism each process evaluates its own contiguous share and the sums are added up.
-    """
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = tokens = exact = torch.zeros((), dtype=torch.long, device=device)
-    share = torch.arange(len(data)).tensor_split(ctx.world)[ctx.rank]
-    for start in range(0, len(share), batch_size):
-        src, src_len, tgt = data.batch(share[start : start + batch_size])
-        src, tgt = src.to(device), tgt.to(device)
-        with _autocast(device, bf16):
-            logits = model(src, src_len, tgt[:, :-1])  # (B, T, V)
-            n = (tgt[:, 1:] != model.pad_id).sum()
-            loss_sum += sequence_loss(logits, tgt[:, 1:], model.pad_id) * n
-            pred, _ = model.generate(src, src_len, max_len=tgt.shape[1])  # (B, T')
-        hit, count = token_matches(pred, tgt[:, 1:], model.pad_id)
-        correct, tokens = correct + hit.sum(), tokens + count.sum()
-        exact = exact + exact_matches(pred, tgt[:, 1:], model.pad_id).sum()
-    sums = distributed.sum_(torch.stack([loss_sum.double(), correct.double(), tokens.double(), exact.double()]), ctx)
-    loss_total, correct_total, n_tokens, exact_total = sums.tolist()
-    return {
-        "loss": loss_total / n_tokens,
-        "token_acc": correct_total / n_tokens,
-        "exact_match": exact_total / len(data),
-    }
 
 
 def training_loss(
@@ -182,7 +124,7 @@ def training_loss(
     pad_id = model.module.pad_id if hasattr(model, "module") else model.pad_id  # model may be DDP-wrapped
 
     def loss(src, src_len, tgt, teacher_forcing):
-        with _autocast(device, cfg.bf16):
+        with distributed.autocast(device, cfg.bf16):
             logits = model(src, src_len, tgt[:, :-1], teacher_forcing, static=cfg.compile)  # (B, T, V)
             return sequence_loss(logits, tgt[:, 1:], pad_id)
 
@@ -203,10 +145,6 @@ def training_loss(
     return step
 
 
-def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
 def adam(params, lr: float) -> torch.optim.Adam:
     """Adam with torch's fused kernel where it has one (CPU and CUDA): one pass over each parameter where the plain
     implementation runs about ten elementwise ops per parameter tensor. Same update rule and defaults."""
@@ -225,138 +163,85 @@ def fit(
     save_state: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
     ctx: Context = SINGLE,
+    *,
+    max_extra_len: int,
 ) -> FitResult:
-    """Train `model` (already on `device`) until max_epochs or early stopping.
+    """Train `model` (already on `device`) until max_epochs or early stopping; validation decodes up to each
+    batch's longest source + `max_extra_len` tokens (params.yaml's evaluate.max_extra_len, as the test does).
 
     After every epoch, `save_state` receives everything needed to continue (weights, optimizer, RNG states, early
     stopping, history); `fit(..., resume=that_state)` continues from it exactly, so on the CPU a killed and
     resumed run ends with the same weights and metrics as one that was never interrupted.
 
     Under data parallelism (`ctx.world > 1`, every process calls `fit`) each global batch of `cfg.batch_size` is
-    split across the processes and the loss is weighted so that the averaged gradient is the one of the whole
-    batch's token mean; every process validates its share of `val`, so all of them take the same early-stopping
-    decision. Pass `log` and `save_state` on rank 0 only.
+    split across the processes (`distributed.split_batch`); every process validates its share of `val`, so all of
+    them take the same early-stopping decision. Pass `log` and `save_state` on rank 0 only.
     """
     # Every batch must split across the processes; with fewer examples than processes none would (and the epoch's
     # token count would be zero).
     require(
         len(train) >= ctx.world, "train.nproc", f"is {ctx.world} but the training split holds {len(train)} examples"
     )
-    stepper = model
-    if ctx.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        # DDP broadcasts rank 0's weights now and averages the gradients inside backward().
-        stepper = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = adam(model.parameters(), cfg.lr)
-    training_step_loss = training_loss(stepper, cfg, device)
-    stopper = EarlyStopping(cfg.patience, cfg.min_delta)
+    step_loss = training_loss(distributed.wrap(model, device, ctx), cfg, device)
     shuffle = torch.Generator()
-    result = FitResult()
-    if resume is None:
-        torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ between processes, as they would in one batch
-        shuffle.manual_seed(cfg.seed)  # the same order everywhere: every process splits the same global batch
-        first_epoch = 1
-    else:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["torch_rng"] if not ctx.distributed else resume["torch_rng_by_rank"][ctx.rank])
-        shuffle.set_state(resume["shuffle_rng"])
-        stopper = EarlyStopping(**resume["stopper"])
-        result = FitResult(resume["history"], resume["best_epoch"], resume["best_model"])
-        first_epoch = resume["epoch"] + 1
-        if stopper.should_stop:
-            result.stopped_early = True
-            return result
+    stopper, result, first_epoch = begin(model, optimizer, shuffle, cfg, resume, ctx)
+    if result.stopped_early:  # resumed from the state of the epoch that stopped it
+        return result
+    quiet = not show_progress() or not ctx.is_main
     for epoch in range(first_epoch, cfg.max_epochs + 1):
         lr, tf = learning_rate(cfg, epoch), teacher_forcing_ratio(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
         started = time.perf_counter()
-        # Running sums stay on the device: no .item() (a GPU sync) inside the step loop.
-        loss_sum = torch.zeros((), device=device)
-        norm_sum = torch.zeros((), device=device)
-        n_tokens = torch.zeros((), dtype=torch.long, device=device)
-        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        sums = EpochSums(device)
         order = torch.randperm(len(train), generator=shuffle)
         starts = range(0, len(train), cfg.batch_size)
-        quiet = not show_progress() or not ctx.is_main
-        steps_taken = 0
-        for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=quiet)):
-            index = order[start : start + cfg.batch_size]
-            weight = 1.0
-            if ctx.distributed:
-                if len(index) < ctx.world:
-                    continue  # a last batch too small to split: skipped by every process alike
-                batch_tokens = int((train.tgt_len[index] - 1).sum())  # the global batch's target tokens
-                index = index.tensor_split(ctx.world)[ctx.rank]
-                # DDP averages gradients over processes; weighting each local token mean by its share of the
-                # tokens makes that average the gradient of the global batch's token mean.
-                weight = float((train.tgt_len[index] - 1).sum()) * ctx.world / batch_tokens
+        for step, start in enumerate(tqdm(starts, desc=f"epoch {epoch}", leave=False, disable=quiet), 1):
+            index, weight = distributed.split_batch(order[start : start + cfg.batch_size], train.tgt_len, ctx)
+            if index is None:
+                continue  # a last batch too small to split between the processes
             src, src_len, tgt = train.batch(index, trim=not cfg.compile)
             src, tgt = src.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = training_step_loss(src, src_len, tgt, tf)
-            (loss * weight if ctx.distributed else loss).backward()
+            loss = step_loss(src, src_len, tgt, tf)
+            (loss * weight).backward()  # weight: this process's share of the batch's tokens (exactly 1 alone)
             # Clip by global norm: an LSTM's gradient can explode on an unlucky batch, and one huge Adam step
             # would undo many good ones. The returned norm is the one before clipping, which is what we log.
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             optimizer.step()
-            # Checked on the device and read once per epoch: a per-step read would sync host and device every step.
-            # The steps after a bad one update NaN weights, which the check below then keeps from being saved.
-            bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
-            first_bad_step = torch.where(bad & (first_bad_step < 0), step + 1, first_bad_step)
-            n = (tgt[:, 1:] != model.pad_id).sum()
-            loss_sum += loss.detach() * n
-            norm_sum += norm
-            steps_taken += 1
-            n_tokens += n
-        # --- once per epoch: health check, validation, state, log ---
+            sums.add(step, loss, norm, (tgt[:, 1:] != model.pad_id).sum())
+
+        # --- once per epoch: health check, validation, early stopping, state, log ---
         elapsed = time.perf_counter() - started
-        distributed.sum_(loss_sum, ctx)
-        distributed.sum_(n_tokens, ctx)
-        if ctx.distributed:  # the earliest bad step of any process (-1: none)
-            never = torch.iinfo(torch.long).max
-            first_bad_step = distributed.min_(torch.where(first_bad_step > 0, first_bad_step, never), ctx)
-            first_bad_step = torch.where(first_bad_step == never, -1, first_bad_step)
-        if (bad_step := int(first_bad_step)) > 0:
+        bad_step, train_loss, grad_norm, tokens = sums.read(ctx)
+        if bad_step > 0:
             raise NonFiniteError(
                 f"epoch {epoch}, step {bad_step}: the loss or the gradient norm is not finite; stopping without "
                 "saving this epoch (try a lower train.lr or train.clip)"
             )
-        val_metrics = evaluate_split(model, val, cfg.batch_size, device, cfg.bf16, ctx)
+        val_metrics = score(model, val, cfg.batch_size, max_extra_len, device, bf16=cfg.bf16, ctx=ctx).metrics
         row = {
-            "train_loss": loss_sum.item() / n_tokens.item(),
+            "train_loss": train_loss,
             "val_loss": val_metrics["loss"],
             "val_token_acc": val_metrics["token_acc"],
             "val_exact_match": val_metrics["exact_match"],
-            "grad_norm": norm_sum.item() / steps_taken,
+            "grad_norm": grad_norm,
             "lr": lr,
             "teacher_forcing": tf,
-            "tokens_per_s": n_tokens.item() / elapsed,
+            "tokens_per_s": tokens / elapsed,
             "epoch_time_s": elapsed,
         }
         result.history.append({"epoch": epoch, **row})
         if stopper.update(row["val_loss"], epoch):
-            result.best_epoch, result.best_state = epoch, _cpu_copy(model.state_dict())
+            result.best_epoch, result.best_state = epoch, cpu_copy(model.state_dict())
         result.stopped_early = stopper.should_stop
         log(epoch, row)  # before the state: a kill between the two repeats this epoch rather than losing it
         rng_by_rank = distributed.gather(torch.get_rng_state(), ctx)  # a collective: every process takes part
         if save_state is not None:
-            save_state(
-                {
-                    "epoch": epoch,
-                    "model": _cpu_copy(model.state_dict()),
-                    "optimizer": optimizer.state_dict(),
-                    "torch_rng": rng_by_rank[0],
-                    "torch_rng_by_rank": rng_by_rank,
-                    "shuffle_rng": shuffle.get_state(),
-                    "stopper": asdict(stopper),
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_model": result.best_state,
-                }
-            )
+            result.last_state = capture(epoch, model, optimizer, shuffle, stopper, result, rng_by_rank)
+            save_state(result.last_state)
         if result.stopped_early:
             break
     return result

@@ -1,8 +1,7 @@
 """Evaluate stage: the checkpoint (config + vocabulary inside) + data/ -> test and test_long metrics, exact
 match by source length (a DVC plot per split), and in the pipeline's MLflow run: those metrics, attention
-heatmaps, a table of decoded samples, the per-length plot and the training curves (from the train stage's
-history: the PNGs are drawn here, so that training never imports matplotlib). Writes the run reference the
-export stage reads."""
+heatmaps, a table of decoded samples, the per-length plot and the training curves (drawn here from the train
+stage's history, so that training never imports matplotlib). Writes the run reference the export stage reads."""
 
 from __future__ import annotations
 
@@ -10,23 +9,14 @@ import tempfile
 from pathlib import Path
 
 import click
-import pandas as pd
 
 from seq2seq import tracking
-from seq2seq.checkpoint import load_checkpoint
-from seq2seq.cli import input_path, load_params_or_exit, output_path, params_option
-from seq2seq.data import load_split
-from seq2seq.evaluation import attention_samples, evaluate
-from seq2seq.files import InputError, atomic_dir, describe, write_json
-from seq2seq.params import Params
-from seq2seq.plots import attention_heatmap, exact_match_by_length, loss_curves
-from seq2seq.train import resolve_device
+from stages.common import input_path, output_path, params_option, stage
 
 SPLITS = ("test", "test_long")
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_exact_match")  # what the training curves draw
 
 
-@click.command()
+@stage
 @params_option
 @input_path("--data", "data_dir", directory=True)
 @input_path("--checkpoint", "checkpoint_path")
@@ -35,70 +25,51 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_exact_match")  # what
 @output_path("--out-run-ref", "out_run_ref")
 @output_path("--metrics", "metrics_path")
 @output_path("--by-length", "by_length_dir", directory=True)
-def main(params_path: Path, **paths: Path) -> None:
-    params = load_params_or_exit(params_path)
-    try:
-        evaluate_stage(params, **paths)
-    except (InputError, tracking.TrackingError) as err:
-        raise click.ClickException(str(err)) from None
+def main(params_path: Path, data_dir: Path, checkpoint_path: Path, run_ref: Path, history_path: Path,
+         out_run_ref: Path, metrics_path: Path, by_length_dir: Path) -> None:  # fmt: skip
+    with tracking.Keeper() as keeper:  # MLflow's imports overlap the evaluation
+        from seq2seq.checkpoint import load_checkpoint
+        from seq2seq.data import load_split
+        from seq2seq.evaluation import attention_samples, evaluate
+        from seq2seq.files import atomic_dir, write_json
+        from seq2seq.params import load_params
+        from seq2seq.plots import attention_heatmap, exact_match_by_length, loss_curves, read_history
+        from seq2seq.train import resolve_device
 
+        params = load_params(params_path)
+        cfg = params.evaluate
+        try:
+            device = resolve_device(params.train.device)  # where the model trained
+        except RuntimeError as err:  # trained on a GPU, evaluated where there is none (models/ from a DVC remote)
+            device = resolve_device("auto")
+            click.echo(f"warning: {err}; evaluating on {device}", err=True)
+        model, vocab, _ = load_checkpoint(checkpoint_path, device)
+        history = read_history(history_path)
+        encoded = {split: load_split(data_dir, split, vocab) for split in SPLITS}
+        results = {split: evaluate(model, encoded[split], vocab, cfg, device) for split in SPLITS}
+        tables = {split: result.by_length for split, result in results.items()}
 
-def evaluate_stage(
-    params: Params,
-    data_dir: Path,
-    checkpoint_path: Path,
-    run_ref: Path,
-    history_path: Path,
-    out_run_ref: Path,
-    metrics_path: Path,
-    by_length_dir: Path,
-) -> None:
-    cfg = params.evaluate
-    try:
-        device = resolve_device(params.train.device)  # where the model trained
-    except RuntimeError as err:  # trained on a GPU, evaluated where there is none (models/ from a DVC remote)
-        device = resolve_device("auto")
-        click.echo(f"warning: {err}; evaluating on {device}", err=True)
-    model, vocab, _ = load_checkpoint(checkpoint_path, device)
-    history = read_history(history_path)
-    encoded = {split: load_split(data_dir, split, vocab) for split in SPLITS}
-    results = {split: evaluate(model, encoded[split], vocab, cfg, device) for split in SPLITS}
-    tables = {split: result.by_length for split, result in results.items()}
-
-    with tracking.continue_run(run_ref, "evaluate", inherit=("data", "model", "train")) as run:
-        run.log_params(params.flat("evaluate"))
-        run.log_metrics({f"{split}_{k}": v for split, r in results.items() for k, v in r.metrics.items()})
-        run.log_table(results["test"].predictions.head(cfg.n_samples), "predictions/test_samples.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            exact_match_by_length(tables, Path(tmp) / "exact_match_by_length.png")
-            loss_curves(history, Path(tmp) / "loss_curves.png")
-            for plot in ("exact_match_by_length.png", "loss_curves.png"):
-                run.log_artifact(Path(tmp) / plot, "plots")
-            samples = attention_samples(model, encoded["test"], vocab, cfg.n_attention_plots, cfg.max_extra_len, device)
-            for i, (source, predicted, weights) in enumerate(samples):
-                attention_heatmap(source, predicted, weights, Path(tmp) / f"attention_{i}.png")
-                run.log_artifact(Path(tmp) / f"attention_{i}.png", "attention")
-        # The outputs last, once the run holds everything: a run that cannot be logged leaves none behind.
-        write_json(metrics_path, {split: result.metrics for split, result in results.items()})
-        atomic_dir(
-            by_length_dir,
-            lambda tmp: [table.to_csv(tmp / f"{split}.csv", index=False) for split, table in tables.items()],
-        )
-        run.write_reference(out_run_ref)
+        with keeper.run("evaluate", reference=run_ref, inherit=("data", "model", "train")) as run:
+            run.log_params(params.flat("evaluate"))
+            run.log_metrics({f"{split}_{k}": v for split, r in results.items() for k, v in r.metrics.items()})
+            run.log_table(results["test"].predictions.head(cfg.n_samples), "predictions/test_samples.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                plots = [Path(tmp) / "exact_match_by_length.png", Path(tmp) / "loss_curves.png"]
+                exact_match_by_length(tables, plots[0])
+                loss_curves(history, plots[1])
+                for plot in plots:
+                    run.log_artifact(plot, "plots")
+                test = encoded["test"]
+                samples = attention_samples(model, test, vocab, cfg.n_attention_plots, cfg.max_extra_len, device)
+                for i, (source, predicted, weights) in enumerate(samples):
+                    attention_heatmap(source, predicted, weights, Path(tmp) / f"attention_{i}.png")
+                    run.log_artifact(Path(tmp) / f"attention_{i}.png", "attention")
+            # The outputs last, once the run holds everything: a run that cannot be logged leaves none behind.
+            write_json(metrics_path, {split: result.metrics for split, result in results.items()})
+            atomic_dir(by_length_dir, lambda tmp: [t.to_csv(tmp / f"{s}.csv", index=False) for s, t in tables.items()])
+            tracking.write_reference(run, out_run_ref)
     summary = "  ".join(f"{s} exact match {r.metrics['exact_match']:.4f}" for s, r in results.items())
     click.echo(f"{summary}; run {run.run_id}")
-
-
-def read_history(path: Path) -> list[dict]:
-    """The train stage's per-epoch history (plots/train_history.csv)."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError) as err:  # missing, empty, not CSV
-        raise InputError(f"{path}: not a readable training history ({describe(err)})") from None
-    missing = sorted(set(HISTORY_COLUMNS) - set(frame.columns))
-    if missing or frame.empty:
-        raise InputError(f"{path}: not a training history (no {', '.join(missing) or 'rows'})")
-    return frame.to_dict("records")
 
 
 if __name__ == "__main__":

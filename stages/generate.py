@@ -7,29 +7,28 @@ from pathlib import Path
 
 import click
 
-from seq2seq.cli import BadParams, load_params_or_exit, output_path, params_option
-from seq2seq.config import ConfigError
+from seq2seq.config import ConfigError, ParamsError
 from seq2seq.data import build_vocab, generate_splits, length_histogram, write_dataset
 from seq2seq.files import atomic_dir, atomic_write, write_json
+from seq2seq.params import load_params
+from stages.common import output_path, params_option, stage
 
 
-@click.command()
+@stage
 @params_option
 @output_path("--out", "out_dir", directory=True)
 @output_path("--metrics", "metrics_path")
 @output_path("--lengths", "lengths_path")
 def main(params_path: Path, out_dir: Path, metrics_path: Path, lengths_path: Path) -> None:
-    cfg = load_params_or_exit(params_path).data
+    cfg = load_params(params_path).data
     try:
         frames, leakage = generate_splits(cfg)
-    except ConfigError as err:
-        raise BadParams(f"{params_path}: {err}") from None
+    except ConfigError as err:  # data params that cannot make the splits asked for
+        raise ParamsError(f"{params_path}: {err}") from None
     vocab = build_vocab(cfg)
     atomic_dir(out_dir, lambda tmp: write_dataset(tmp, frames, vocab))
-    write_json(
-        metrics_path,
-        {"vocab_size": len(vocab), **{f"n_{split}": len(f) for split, f in frames.items()}, **leakage},
-    )
+    counts = {f"n_{split}": len(frame) for split, frame in frames.items()}
+    write_json(metrics_path, {"vocab_size": len(vocab), **counts, **leakage})
     atomic_write(lengths_path, lambda tmp: length_histogram(frames).to_csv(tmp, index=False))
     click.echo(f"wrote {sum(len(f) for f in frames.values())} examples to {out_dir}; overlap with train: {leakage}")
 

@@ -1,20 +1,17 @@
-"""Shared fixtures: tiny configs, a tiny dataset, and the stages loaded as click commands."""
+"""The tests' fixtures (a tiny dataset, the default params) and hooks (a hermetic MLflow setting, a check that no
+test wrote into the repository's MLflow store); plain helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from seq2seq.data import DataConfig, build_vocab, encode_split, generate_splits
-from seq2seq.model import ModelConfig
-from seq2seq.train import TrainConfig
+from seq2seq.data import build_vocab, encode_split, generate_splits
+from tests.helpers import ROOT, tiny_data_config
 
-ROOT = Path(__file__).resolve().parents[1]
 _STORE_BEFORE = pytest.StashKey[set[str]]()
 
 
@@ -57,27 +54,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, cores // workers))
 
 
-def tiny_data_config(**overrides) -> DataConfig:
-    values = dict(
-        task="reverse", num_symbols=8, min_len=2, max_len=5, long_max_len=7,
-        n_train=300, n_val=40, n_test=40, n_test_long=20, seed=0,
-    )  # fmt: skip
-    return DataConfig(**{**values, **overrides})
-
-
-def tiny_model_config(**overrides) -> ModelConfig:
-    return ModelConfig(**{**dict(emb_dim=16, hidden_dim=32, num_layers=2, dropout=0.0), **overrides})
-
-
-def tiny_train_config(**overrides) -> TrainConfig:
-    values = dict(
-        seed=0, device="cpu", bf16=False, batch_size=32, max_epochs=3, lr=0.01, lr_schedule="cosine",
-        lr_final_ratio=0.1, clip=1.0, tf_start=1.0, tf_end=0.5, tf_decay_epochs=2, patience=2, min_delta=0.0,
-        system_metrics=False, nproc=1, compile=False,
-    )  # fmt: skip
-    return TrainConfig(**{**values, **overrides})
-
-
 @pytest.fixture(scope="session")
 def tiny_dataset():
     cfg = tiny_data_config()
@@ -89,16 +65,3 @@ def tiny_dataset():
 @pytest.fixture(scope="session")
 def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def load_stage_module(name: str):
-    """stages/<name>.py as a module (stages are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_stage(name: str):
-    """The click command of stages/<name>.py."""
-    return load_stage_module(name).main

@@ -1,8 +1,10 @@
-"""Helpers of the end-to-end tests: a tiny profile, a temp git + DVC copy of the repo, commands run in it."""
+"""Helpers of the tests: the tiny profile and the unit tests' configs built from it, the stages as click commands,
+and for the end-to-end tests a temp git + DVC copy of the repo and commands run in it."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import socket
@@ -14,24 +16,58 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT
+from seq2seq.data import DataConfig
+from seq2seq.model import ModelConfig
+from seq2seq.train import TrainConfig
 
-TINY = {
-    "data": {
-        **{"num_symbols": 8, "min_len": 2, "max_len": 5, "long_max_len": 7},
-        **{"n_train": 256, "n_val": 32, "n_test": 32, "n_test_long": 16},
-    },
-    "model": {"emb_dim": 16, "hidden_dim": 32, "num_layers": 1, "dropout": 0.0},
-    "train": {
-        **{"max_epochs": 3, "batch_size": 32, "tf_start": 1.0, "tf_end": 0.8, "tf_decay_epochs": 2},
-        # Pinned, not inherited from params.yaml: the tests' results must not depend on the machine (a GPU would
-        # take device auto, under bf16) or on a user's local edit of these switches.
-        **{"device": "cpu", "bf16": False, "compile": False, "system_metrics": False, "nproc": 1},
-    },
-    "evaluate": {"batch_size": 64, "beam_size": 1, "max_extra_len": 3, "n_samples": 5, "n_attention_plots": 2},
-    "export": {"max_src_len": 8, "max_tgt_len": 9},
-}
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny profile, as a partial params file. PyYAML rather than seq2seq.params.read_yaml (YAML 1.2): the GPU
+# machine's image has no ruamel, and the profile holds no value that the two read differently.
+TINY = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
+def tiny_params() -> dict:
+    """params.yaml with the tiny profile merged over it, section by section."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {section: {**values, **TINY.get(section, {})} for section, values in params.items()}
+
+
+def tiny_data_config(**overrides) -> DataConfig:
+    # Split sizes that are not multiples of the batch size (32, where the profile's are): training and evaluation
+    # then run a last, smaller batch (and the compiled step compiles once more for it).
+    sizes = dict(n_train=300, n_val=40, n_test=40, n_test_long=20)
+    return DataConfig(**{**tiny_params()["data"], **sizes, **overrides})
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    # Two layers where the profile has one: the unit tests exercise the stacked LSTM (the states handed between
+    # layers, the dropout between them), which a single layer never runs.
+    return ModelConfig(**{**tiny_params()["model"], "num_layers": 2, **overrides})
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    return TrainConfig(**{**tiny_params()["train"], **overrides})
+
+
+def load_stage_module(name: str):
+    """The module of stages/<name>.py (as dvc.yaml runs it: `python -m stages.<name>`)."""
+    return importlib.import_module(f"stages.{name}")
+
+
+def load_stage(name: str):
+    """The click command of stages/<name>.py."""
+    return load_stage_module(name).main
+
+
+def stage_args(stage: str, params: Path, out: Path, data: Path) -> list[str]:
+    """Every required option of a stage, all outputs under `out`."""
+    args = ["--params", str(params), "--metrics", str(out / "metrics.json")]
+    if stage == "generate":
+        return [*args, "--out", str(out / "data"), "--lengths", str(out / "lengths.csv")]
+    outputs = {"--checkpoint": "model.pt", "--state": "state.pt", "--run-ref": "run.json", "--timing": "t.json"}
+    outputs["--history"] = "h.csv"
+    return [*args, "--data", str(data), *(x for opt, name in outputs.items() for x in (opt, str(out / name)))]
 
 
 def env(**extra: str) -> dict[str, str]:

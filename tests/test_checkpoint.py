@@ -14,7 +14,7 @@ from seq2seq.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from seq2seq.data import build_vocab
 from seq2seq.files import InputError
 from seq2seq.model import Seq2Seq
-from tests.conftest import tiny_data_config, tiny_model_config
+from tests.helpers import tiny_data_config, tiny_model_config
 
 
 @pytest.fixture

@@ -89,12 +89,12 @@ def store(tmp_path_factory):
     known = [("slow", 0.001, 64, [1.0, 0.5, 0.3], 0.7), ("quick", 0.003, 64, [0.8, 0.2, 0.1], 0.9)]
     known.append(("wide", 0.003, 128, [0.7, 0.15, 0.05], 0.95))
     for name, lr, hidden, losses, exact in known:
-        with tracking.start_run("train", run_name=name, env=env) as run:
+        with tracking.ending(tracking.open_run("train", env={**env, "DVC_EXP_NAME": name})) as run:
             run.log_params({"train.lr": lr, "model.hidden_dim": hidden, "data.task": "reverse"})
             for epoch, loss in enumerate(losses, start=1):
                 run.log_metrics({"val_loss": loss}, step=epoch)
             run.log_metrics({"test_exact_match": exact, "test_loss": losses[-1]})
-    with pytest.raises(RuntimeError), tracking.start_run("train", run_name="broken", env=env):
+    with pytest.raises(RuntimeError), tracking.ending(tracking.open_run("train", env=env)):
         raise RuntimeError("failed runs are not variants")
     return root
 
@@ -123,7 +123,7 @@ def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path,
     env = {"DVC_ROOT": str(tmp_path)}
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     for lr, losses in ((0.001, [1.0, 0.5]), (0.003, [0.8, 0.2])):
-        with tracking.start_run("train", run_name="same", env=env) as run:
+        with tracking.ending(tracking.open_run("train", env={**env, "DVC_EXP_NAME": "same"})) as run:
             run.log_params({"train.lr": lr})
             run.set_tags({"note": "it's a \\ test"})
             for epoch, loss in enumerate(losses, start=1):
@@ -138,3 +138,12 @@ def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path,
     assert [row["run"] for row in rows] == ["same", "same"]
     assert sorted(drawn) == sorted(f"same ({row['run_id'][:8]})" for row in rows)
     assert sorted(list(h["value"]) for h in drawn.values()) == [[0.8, 0.2], [1.0, 0.5]]
+
+
+def test_the_report_axis_must_be_a_column_of_the_table(tmp_path):
+    from seq2seq.compare import write_html
+
+    table = variant_table(_runs(), "test_exact_match")
+    with pytest.raises(KeyError, match=r"'bleu' is not a param that differs: model\.hidden_dim, train\.lr"):
+        write_html(tmp_path / "r.html", table, "test_exact_match", "bleu", "test_exact_match")
+    assert not (tmp_path / "r.html").exists()

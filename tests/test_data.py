@@ -17,7 +17,7 @@ from seq2seq.data import (
     read_vocab,
     write_dataset,
 )
-from tests.conftest import tiny_data_config
+from tests.helpers import tiny_data_config
 
 
 @pytest.mark.parametrize("task", ["copy", "reverse", "sort", "add"])

@@ -10,9 +10,8 @@ import pytest
 import torch
 import yaml
 
-from seq2seq import tracking
-from tests.conftest import ROOT
-from tests.helpers import TINY, run
+from seq2seq.tracking import registry
+from tests.helpers import ROOT, TINY, run
 
 
 def _train(tmp: Path, name: str, nproc: int) -> Path:
@@ -25,13 +24,13 @@ def _train(tmp: Path, name: str, nproc: int) -> Path:
     params_path = tmp / f"{name}.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     if not (tmp / "data").exists():
-        run([sys.executable, str(ROOT / "stages/generate.py"), "--params", str(params_path), "--out", "data",
+        run([sys.executable, "-m", "stages.generate", "--params", str(params_path), "--out", "data",
              "--metrics", "gen/data.json", "--lengths", "gen/lengths.csv"], tmp)  # fmt: skip
     out = tmp / name
     flags = ["checkpoint", "state", "run-ref", "metrics", "timing", "history"]
     files = ["model.pt", "state.pt", "run.json", "train.json", "timing.json", "history.csv"]
     paths = [arg for flag, file in zip(flags, files, strict=True) for arg in (f"--{flag}", str(out / file))]
-    stage = [sys.executable, str(ROOT / "stages/train.py"), "--params", str(params_path), "--data", "data", *paths]
+    stage = [sys.executable, "-m", "stages.train", "--params", str(params_path), "--data", "data", *paths]
     run(stage, tmp, MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}")
     return out
 
@@ -55,7 +54,7 @@ def test_two_processes_train_like_one_and_only_rank_0_writes_and_logs(tmp_path):
     state = torch.load(ddp / "state.pt", weights_only=True)
     assert len(state["torch_rng_by_rank"]) == 2 and state["complete"]
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    runs = tracking.search_runs(env=env)
+    runs = registry.search_runs(env=env)
     assert len(runs) == 2  # one per stage execution, none from rank 1
     ddp_run = runs[runs["run_id"] == json.loads((ddp / "run.json").read_text())["run_id"]].iloc[0]
     assert ddp_run["params.train.nproc"] == "2" and ddp_run["tags.processes"] == "2"

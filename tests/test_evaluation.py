@@ -11,16 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-from seq2seq import evaluation
+from seq2seq import distributed, evaluation
 from seq2seq.data import encode_split, pad_batch
 from seq2seq.decoding import beam_search, sequence_log_prob
+from seq2seq.distributed import Context
 from seq2seq.evaluation import EvaluateConfig, corpus_bleu, exact_match_by_length
 from seq2seq.metrics import exact_matches, token_matches
 from seq2seq.model import Seq2Seq
 from seq2seq.promotion import decide
 from seq2seq.train import fit
 from seq2seq.vocab import Vocab
-from tests.conftest import tiny_model_config, tiny_train_config
+from tests.helpers import tiny_model_config, tiny_train_config
 
 PAD, EOS = 0, 2
 
@@ -161,13 +162,30 @@ def test_evaluate_with_a_beam_decodes_through_beam_search(stub_split, monkeypatc
     assert result.predictions["prediction"].tolist() == TARGETS
 
 
+def test_score_over_process_shares_adds_up_to_the_whole_split(stub_split, monkeypatch):
+    """Under data parallelism each process scores its contiguous share and `distributed.sum_` adds the sums up: the
+    shares' sums (recorded here instead of all-reduced) add up to one process's, and their predictions, in rank
+    order, are the whole split's."""
+    vocab, data = stub_split
+    model = StubModel(vocab, GREEDY)
+    sent = []
+    monkeypatch.setattr(distributed, "sum_", lambda tensor, ctx: sent.append(tensor) or tensor)
+    whole = evaluation.score(model, data, 2, 2, torch.device("cpu"))
+    shares = [evaluation.score(model, data, 2, 2, torch.device("cpu"), ctx=Context(r, 2, r)) for r in (0, 1)]
+    assert len(sent) == 3 and sent[1][2] > 0 and sent[2][2] > 0  # both shares hold target tokens
+    torch.testing.assert_close(sent[1] + sent[2], sent[0])
+    decoded = [[vocab.decode(row) for row in scores.predictions] for scores in (*shares, whole)]
+    assert decoded[0] + decoded[1] == decoded[2] == GREEDY_TEXT
+    assert shares[0].exact + shares[1].exact == whole.exact == [True, False, False, False, False]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_dataset):
     vocab, splits = tiny_dataset
     torch.manual_seed(0)
     model = Seq2Seq(tiny_model_config(), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
     cfg = tiny_train_config(max_epochs=6, patience=6, tf_end=1.0)
-    result = fit(model, splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None)
+    result = fit(model, splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None, max_extra_len=3)
     model.load_state_dict(result.best_state)
     return model.eval(), splits
 

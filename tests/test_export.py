@@ -9,7 +9,7 @@ import torch
 from seq2seq.export import ExportConfig, trace, write_export
 from seq2seq.model import Seq2Seq, sequence_loss
 from seq2seq.serving import Predictor
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 
 def _model(vocab, train) -> Seq2Seq:

@@ -9,9 +9,7 @@ from click.testing import CliRunner
 
 from seq2seq import tracking
 from seq2seq.train import NonFiniteError
-from tests.conftest import ROOT, load_stage
-from tests.helpers import TINY
-from tests.test_params import stage_args
+from tests.helpers import ROOT, TINY, load_stage, stage_args
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,15 @@ checkout, as CI does, to check a commit.)"""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import subprocess
+from pathlib import Path
 
 import yaml
 
 from seq2seq.params import read_yaml
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _tracked_files() -> set[str]:
@@ -70,3 +72,44 @@ def test_every_stage_that_logs_to_mlflow_stays_out_of_the_run_cache():
     for name in ("train", "evaluate", "export"):
         persisted = [o for o in stages[name]["outs"] if isinstance(o, dict) and next(iter(o.values())).get("persist")]
         assert persisted, f"{name}: no persist output, so DVC's run-cache may skip its MLflow run"
+
+
+def _imported_files(script: Path) -> set[str]:
+    """The project's files that running `script` imports (every import statement, also those inside functions),
+    transitively, as paths relative to the repo: the package __init__ files on the way included."""
+    found: set[str] = set()
+    todo = [script]
+    while todo:
+        file = todo.pop()
+        relative = file.relative_to(ROOT).as_posix()
+        if relative in found:
+            continue
+        found.add(relative)
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for parts in (name.split(".") for name in names if name.split(".")[0] in ("seq2seq", "stages")):
+                for depth in range(1, len(parts) + 1):
+                    base = ROOT.joinpath(*parts[:depth])
+                    todo += [f for f in (base / "__init__.py", base.with_suffix(".py")) if f.is_file()]
+    return found
+
+
+# Code a stage runs without importing it: MLflow loads the pyfunc model from its file (models-from-code).
+RUN_BY_PATH = {"export": ["seq2seq/tracking/pyfunc_model.py"]}
+
+
+def test_each_stages_code_deps_are_exactly_the_code_it_runs():
+    """A code dep the stage does not run reruns it for nothing (and voids a saved training state); a missing one
+    lets a change to the stage's code go unnoticed. So `seq2seq compare`'s code, for one, reruns nothing."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        declared = {d for d in _paths(stage["deps"]) if d.endswith(".py")}
+        runs = _imported_files(ROOT / "stages" / f"{name}.py")
+        for extra in RUN_BY_PATH.get(name, []):
+            runs |= _imported_files(ROOT / extra)
+        assert declared == runs, f"{name}: missing {sorted(runs - declared)}, not run {sorted(declared - runs)}"

@@ -9,7 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from benchmarks.reference import ReferenceSeq2Seq
 from seq2seq.data import pad_batch
 from seq2seq.model import AdditiveAttention, Seq2Seq, sequence_loss
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 PAD, BOS, EOS, VOCAB = 0, 1, 2, 12
 
@@ -112,13 +112,27 @@ def test_unpadded_batch_skips_packing_with_the_same_results():
     torch.testing.assert_close(ours_grad, theirs_grad, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_decode_step_fed_the_reference_gives_the_teacher_forced_logits(num_layers):
+    """The one step that greedy decoding, beam search and the export run, fed the reference one token at a time,
+    gives the teacher-forced forward's logits (the rearranged loop of seq2seq/fast.py) at every position."""
+    model = make_model(num_layers=num_layers).eval()
+    src, src_len, tgt = ragged_batch()
+    state, steps = model.encode(src, src_len), []
+    for t in range(tgt.shape[1] - 1):
+        logits, state, weights = model.decode_step(tgt[:, t], state)  # (B, V), ..., (B, S)
+        steps.append(logits)
+    assert weights.shape == src.shape
+    torch.testing.assert_close(torch.stack(steps, 1), model(src, src_len, tgt[:, :-1]), atol=1e-6, rtol=1e-5)
+
+
 def step_by_step_logits(model: Seq2Seq, src, src_len, tgt_in) -> torch.Tensor:
     """Teacher forcing 1 through `Decoder.step` and `Decoder.project`, drawing dropout in the same order."""
-    enc_out, keys, mask, h, c = model._encode(src, src_len)
+    state = model.encode(src, src_len)
     emb = model.decoder.dropout(model.decoder.embedding(tgt_in))  # (B, T, E)
     outputs, contexts = [], []
     for t in range(tgt_in.shape[1]):
-        out, context, h, c, _ = model.decoder.step(emb[:, t], h, c, keys, enc_out, mask)
+        out, context, state, _ = model.decoder.step(emb[:, t], state)
         outputs.append(out)
         contexts.append(context)
     return model.decoder.project(torch.stack(outputs, 1), torch.stack(contexts, 1))  # (B, T, V)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from seq2seq.params import ParamsError, load_params
-from tests.conftest import ROOT, load_stage
+from tests.helpers import ROOT, load_stage, stage_args
 
 BAD_CASES = [
     # (section, key, value or DELETE, fragment of the message)
@@ -87,16 +86,6 @@ def test_unknown_and_missing_sections(default_params, tmp_path):
         load_params(tmp_path / "broken.yaml")
     with pytest.raises(ParamsError, match="cannot read"):
         load_params(tmp_path / "absent.yaml")
-
-
-def stage_args(stage: str, params: Path, out: Path, data: Path) -> list[str]:
-    """Every required option of a stage, all outputs under `out`."""
-    args = ["--params", str(params), "--metrics", str(out / "metrics.json")]
-    if stage == "generate":
-        return [*args, "--out", str(out / "data"), "--lengths", str(out / "lengths.csv")]
-    outputs = {"--checkpoint": "model.pt", "--state": "state.pt", "--run-ref": "run.json", "--timing": "t.json"}
-    outputs["--history"] = "h.csv"
-    return [*args, "--data", str(data), *(x for opt, name in outputs.items() for x in (opt, str(out / name)))]
 
 
 @pytest.mark.parametrize("stage", ["generate", "train"])

@@ -15,9 +15,8 @@ import pytest
 
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.params import load_params
-from seq2seq.tracking import REGISTERED_MODEL
-from tests.conftest import ROOT
-from tests.helpers import env, run, server, set_params, tiny_repo
+from seq2seq.tracking.registry import REGISTERED_MODEL
+from tests.helpers import ROOT, env, run, server, set_params, tiny_repo
 
 pytestmark = pytest.mark.slow
 

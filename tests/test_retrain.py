@@ -14,8 +14,7 @@ from click.testing import CliRunner
 
 from seq2seq.cli import main
 from seq2seq.gate import GateConfig, check
-from tests.conftest import ROOT
-from tests.helpers import commit, env, run, set_params, tiny_repo
+from tests.helpers import ROOT, TINY, commit, env, run, set_params, tiny_repo
 
 CFG = GateConfig(max_exact_match_drop=0.01, max_bleu_drop=0.02)
 GOOD = {"test": {"exact_match": 0.95, "bleu": 0.97, "loss": 0.1}, "test_long": {"exact_match": 0.4}}
@@ -133,8 +132,10 @@ def test_retrain_script_on_a_profile(tmp_path):
     profile's baseline, report, and with UPDATE_BASELINE=1 make this run the new baseline, which a degraded model
     then fails against."""
     repo = tiny_repo(tmp_path, run_pipeline=False)  # the retraining runs every stage itself
-    # Enough training for the tiny sizes to learn something (val exact match about 0.5), in a second or two.
-    (repo / "profiles" / "tiny.yaml").write_text(yaml.safe_dump({"train": {"max_epochs": 10, "lr": 0.01}}))
+    # The tests' profile, trained longer: enough for the tiny sizes to learn something (val exact match about 0.5),
+    # in a second or two.
+    profile = {**TINY, "train": {**TINY["train"], "max_epochs": 10, "lr": 0.01}}
+    (repo / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(profile))
     baseline = repo / "profiles" / "tiny.baseline.json"
     baseline.write_text(json.dumps({"test": {"exact_match": 0.0, "bleu": 0.0}}))  # anything trained beats it
     commit(repo, "the tiny profile")
@@ -153,3 +154,53 @@ def test_retrain_script_on_a_profile(tmp_path):
     gate = ["seq2seq", "gate", "--params", "params.yaml", "--metrics", "metrics/eval.json"]
     out = run([*gate, "--baseline-file", "profiles/tiny.baseline.json"], repo, expect=1)
     assert "FAIL" in out and "test.exact_match dropped by" in out, out
+
+
+def test_a_baseline_rev_that_git_would_take_for_an_option_is_refused(tmp_path, default_params):
+    """`--baseline=--output=FILE` would make `git show` write a file, and `dvc metrics diff` take an option."""
+    from seq2seq import report
+    from seq2seq.gate import GateError
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params))
+    (tmp_path / "eval.json").write_text(json.dumps(GOOD))
+    args = ["gate", "--params", str(tmp_path / "params.yaml"), "--metrics", str(tmp_path / "eval.json")]
+    result = CliRunner().invoke(main, [*args, "--baseline=--output=x"])
+    assert result.exit_code == 1 and "Error: '--output=x' is not a git revision" in result.output, result.output
+    assert not (tmp_path / "x").exists() and not (ROOT / "x").exists()
+    with pytest.raises(GateError, match="not a git revision"):
+        report.dvc_diff("metrics", "-x")
+
+
+def test_report_command_writes_the_page_and_its_curves(tmp_path, monkeypatch, default_params):
+    """`seq2seq report` against a baseline file: the gate table, the run and its DVC experiment, both PNGs; no dvc
+    diff (a file is no rev). The run's tags come from the store: stubbed here."""
+    from seq2seq.tracking import registry
+
+    monkeypatch.setattr(registry, "run_tags_of", lambda run_id: {"dvc_exp_name": f"exp-of-{run_id}"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params))
+    (tmp_path / "eval.json").write_text(json.dumps({**GOOD, "test": {**GOOD["test"], "exact_match": 0.5}}))
+    (tmp_path / "baseline.json").write_text(json.dumps(GOOD))
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "abc123"}))
+    history = "epoch,train_loss,val_loss,val_exact_match\n1,1.0,1.1,0.2\n2,0.5,0.6,0.4\n"
+    (tmp_path / "history.csv").write_text(history)
+    (tmp_path / "by_length").mkdir()
+    (tmp_path / "by_length" / "test.csv").write_text("length,exact_match\n3,0.9\n4,0.8\n")
+    out = tmp_path / "reports" / "retrain.md"
+    args = ["report", "--params", str(tmp_path / "params.yaml"), "--metrics", str(tmp_path / "eval.json")]
+    args += ["--history", str(tmp_path / "history.csv"), "--by-length", str(tmp_path / "by_length")]
+    args += ["--run-ref", str(tmp_path / "run.json"), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--baseline-file", str(tmp_path / "baseline.json")])
+    assert result.exit_code == 0 and f"report: {out}" in result.output, result.output
+    page = out.read_text()
+    assert f"- Gate: **failed** (baseline: {tmp_path / 'baseline.json'})" in page
+    assert "- MLflow run: `abc123` in `" in page and "- DVC experiment: exp-of-abc123" in page
+    assert "| test.exact_match | 0.95 | 0.5 |" in page and "FAIL" in page
+    assert page.count(f"(the baseline is {tmp_path / 'baseline.json'}, not a git rev)") == 2
+    for image in ("retrain_loss.png", "retrain_by_length.png"):
+        assert f"]({image})" in page and (out.parent / image).read_bytes()[:4] == b"\x89PNG"
+
+    (tmp_path / "run.json").write_text("{}")  # a broken run reference: one line, nothing written
+    out.unlink()
+    result = CliRunner().invoke(main, [*args, "--baseline-file", str(tmp_path / "baseline.json")])
+    assert result.exit_code == 1 and "run.json: not a run reference" in result.output, result.output
+    assert "Traceback" not in result.output and not out.exists()

@@ -11,16 +11,11 @@ import torch
 from seq2seq import train
 from seq2seq.config import ConfigError
 from seq2seq.model import Seq2Seq
-from seq2seq.train import (
-    EarlyStopping,
-    NonFiniteError,
-    adam,
-    fit,
-    learning_rate,
-    teacher_forcing_ratio,
-    training_loss,
-)
-from tests.conftest import tiny_model_config, tiny_train_config
+from seq2seq.train import NonFiniteError, adam, fit, learning_rate, teacher_forcing_ratio, training_loss
+from seq2seq.train_state import EarlyStopping, FitResult
+from tests.helpers import tiny_model_config, tiny_train_config
+
+EXTRA = 3  # evaluate.max_extra_len: validation decodes up to a batch's longest source + this many tokens
 
 
 def test_teacher_forcing_schedule_decays_linearly_then_holds():
@@ -52,6 +47,12 @@ def _model(seed: int = 0, **overrides) -> Seq2Seq:
     return Seq2Seq(tiny_model_config(**overrides), 12, 0, 1, 2)
 
 
+def _fit(model: Seq2Seq, splits, cfg, log=lambda *a: None, save_state=None, **kwargs) -> FitResult:
+    """`fit` on the CPU over the tiny dataset's train and val splits."""
+    cpu = torch.device("cpu")
+    return fit(model, splits["train"], splits["val"], cfg, cpu, log, save_state, max_extra_len=EXTRA, **kwargs)
+
+
 def test_the_fused_adam_steps_like_the_plain_one():
     torch.manual_seed(0)
     plain = torch.nn.Linear(8, 4)
@@ -76,24 +77,18 @@ def test_fit_logs_each_epoch_keeps_the_best_weights_and_learns(tiny_dataset, mon
     it is raised by 10 from epoch 3 on: epoch 2 is then the best, and patience lets epochs 3 and 4 run."""
     _, splits = tiny_dataset
     logged, states = [], []
-    real_evaluate_split = train.evaluate_split
+    real_score = train.score
 
     def worse_after_epoch_2(*args, **kwargs):
-        metrics = real_evaluate_split(*args, **kwargs)
-        return {**metrics, "loss": metrics["loss"] + (10.0 if len(logged) >= 2 else 0.0)}  # len(logged): epochs done
+        assert args[3] == EXTRA  # validation decodes as the test does: up to the longest source + max_extra_len
+        scores = real_score(*args, **kwargs)
+        scores.metrics["loss"] += 10.0 if len(logged) >= 2 else 0.0  # len(logged): epochs done
+        return scores
 
-    monkeypatch.setattr(train, "evaluate_split", worse_after_epoch_2)
-    cfg = tiny_train_config(max_epochs=4, patience=4)
+    monkeypatch.setattr(train, "score", worse_after_epoch_2)
+    cfg = tiny_train_config(max_epochs=4, patience=4, tf_end=0.5)  # tf_end: the schedule checked below
     model = _model()
-    result = fit(
-        model,
-        splits["train"],
-        splits["val"],
-        cfg,
-        torch.device("cpu"),
-        log=lambda epoch, row: logged.append((epoch, row)),
-        save_state=states.append,
-    )
+    result = _fit(model, splits, cfg, lambda epoch, row: logged.append((epoch, row)), states.append)
     assert [e for e, _ in logged] == [1, 2, 3, 4] and [s["epoch"] for s in states] == [1, 2, 3, 4]
     expected = {"train_loss", "val_loss", "val_token_acc", "val_exact_match", "grad_norm", "lr", "teacher_forcing"}
     assert expected | {"tokens_per_s", "epoch_time_s"} == set(logged[0][1])
@@ -112,7 +107,7 @@ def test_fit_stops_early_after_patience(tiny_dataset):
     _, splits = tiny_dataset
     # A huge min_delta means no epoch after the first counts as an improvement.
     cfg = tiny_train_config(max_epochs=10, patience=2, min_delta=1e9)
-    result = fit(_model(), splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None)
+    result = _fit(_model(), splits, cfg)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
@@ -122,7 +117,7 @@ def test_fit_is_deterministic_on_the_cpu(tiny_dataset):
     runs = []
     for _ in range(2):
         model = _model()
-        result = fit(model, splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None)
+        result = _fit(model, splits, cfg)
         timing_free = [
             {k: v for k, v in r.items() if k not in ("tokens_per_s", "epoch_time_s")} for r in result.history
         ]
@@ -139,7 +134,7 @@ def test_non_finite_loss_stops_before_saving_naming_epoch_and_step(tiny_dataset)
         model.decoder.out.bias.fill_(float("nan"))
     saved = []
     with pytest.raises(NonFiniteError, match="epoch 1, step 1: the loss or the gradient norm is not finite"):
-        fit(model, splits["train"], splits["val"], tiny_train_config(), torch.device("cpu"), print, saved.append)
+        _fit(model, splits, tiny_train_config(), print, saved.append)
     assert saved == []
 
 
@@ -147,8 +142,7 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_dataset):
     """Stop after epoch 2 (as a kill would, the state of epoch 2 saved), resume: same history and weights."""
     _, splits = tiny_dataset
     cfg = tiny_train_config(max_epochs=4, patience=4)
-    cpu = torch.device("cpu")
-    full = fit(_model(), splits["train"], splits["val"], cfg, cpu, lambda *a: None)
+    full = _fit(_model(), splits, cfg)
 
     class Killed(Exception):
         pass
@@ -161,9 +155,9 @@ def test_a_killed_run_resumes_to_the_same_result(tiny_dataset):
             raise Killed
 
     with pytest.raises(Killed):
-        fit(_model(), splits["train"], splits["val"], cfg, cpu, lambda *a: None, save_then_die)
+        _fit(_model(), splits, cfg, save_state=save_then_die)
     resumed_model = _model(seed=99)  # different init: everything must come from the state
-    resumed = fit(resumed_model, splits["train"], splits["val"], cfg, cpu, lambda *a: None, resume=states[-1])
+    resumed = _fit(resumed_model, splits, cfg, resume=states[-1])
     timing = ("tokens_per_s", "epoch_time_s")
     strip = [{k: v for k, v in row.items() if k not in timing} for row in full.history]
     assert [{k: v for k, v in row.items() if k not in timing} for row in resumed.history] == strip
@@ -225,7 +219,7 @@ def test_fit_with_the_compiled_step_trains_like_eager(tiny_dataset, monkeypatch)
         torch.manual_seed(0)
         model = Seq2Seq(tiny_model_config(), len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
         cfg = tiny_train_config(max_epochs=2, tf_end=0.0, tf_decay_epochs=1, compile=compiled)
-        histories.append(fit(model, data["train"], data["val"], cfg, torch.device("cpu"), log=lambda *a: None).history)
+        histories.append(_fit(model, data, cfg).history)
     eager, compiled = histories
     assert [row["teacher_forcing"] for row in compiled] == [1.0, 0.0]
     for eager_row, compiled_row in zip(eager, compiled, strict=True):
@@ -248,5 +242,4 @@ def test_more_processes_than_training_examples_is_refused_before_training(tiny_d
     three = Encoded(*(t[:3] for t in (splits["train"].src, splits["train"].src_len, splits["train"].tgt,
                                        splits["train"].tgt_len)))  # fmt: skip
     with pytest.raises(ConfigError, match=r"train\.nproc: is 4 but the training split holds 3 examples"):
-        fit(_model(), three, splits["val"], tiny_train_config(nproc=4), torch.device("cpu"), log=lambda *_: None,
-            ctx=Context(rank=0, world=4))  # fmt: skip
+        _fit(_model(), {**splits, "train": three}, tiny_train_config(nproc=4), ctx=Context(rank=0, world=4))

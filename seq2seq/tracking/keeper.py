@@ -1,0 +1,155 @@
+"""The keeper: a process per stage that holds the stage's MLflow run, logs for it, and ends it.
+
+Why a process: importing MLflow and opening the store cost about 4 s of Python, over 2% of a default-profile
+train stage when the training process does it (benchmarks/logging_overhead.py measures both designs); the keeper
+does it on another core while the stage imports torch and loads its data. It is also the one guard of the run's
+final status: the stage ends the run (FINISHED, FAILED, KILLED: `runs.ending`), and if its connection closes
+without that (SIGKILL, the OOM killer) the keeper marks the run KILLED, unless a rerun owns it by then. Its own
+process group: a signal to the stage's group (DVC stopping its stage, `kill -9 -PGID`) leaves it alive for that.
+
+Every call is a request answered before the stage goes on (pickled by multiprocessing's Connection), so an error
+is raised where the call was made; at one log_batch an epoch the wait is a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from seq2seq.tracking.runs import Run, ending, open_run
+from seq2seq.tracking.store import TrackingError, open_store, resolve_tracking_uri
+
+CALLS = ("log_params", "log_metrics", "set_tags", "log_artifact", "log_table", "monitor", "log_model", "end")
+
+
+class Keeper:
+    """The stage's side: start it first thing (`with Keeper() as keeper:`), then `with keeper.run(...) as run:`."""
+
+    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
+        ours, theirs = multiprocessing.Pipe()
+        # The store is resolved from `env` alone; this process's environment gives the rest.
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | dict(env)
+        serve = "from seq2seq.tracking.keeper import serve; serve()"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", serve, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # stdout is the stage's (DVC reads it); errors come back as replies
+            env=child_env,
+            # Its own process group, not its own session: with the kernel's autogroup scheduling a session is
+            # scheduled as a group of its own, against which nice 19 means nothing (+8.4% wall time, measured).
+            process_group=0,
+        )
+        theirs.close()
+        self.conn = ours
+
+    def __enter__(self) -> Keeper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let the keeper go: it has ended its run by now, or never opened one (it then finishes its warm-up,
+        which may be opening the store, rather than dying in the middle of it)."""
+        self.conn.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        stage: str,
+        reference: Path | None = None,
+        resume: tuple[str, Path] | None = None,
+        inherit: tuple[str, ...] = (),
+    ) -> Iterator[RemoteRun]:
+        """`runs.open_run` in the keeper, ended by `runs.ending` when the block ends."""
+        opened = RemoteRun(self.conn, dict(stage=stage, reference=reference, resume=resume, inherit=inherit))
+        with ending(opened):
+            yield opened
+
+
+class RemoteRun:
+    """A `runs.Run` held by the keeper: the same calls (CALLS), each carried out there."""
+
+    def __init__(self, conn: Connection, how: dict[str, Any]) -> None:
+        self._conn = conn
+        self.run_id, self.experiment_id = self._call("open", how)
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            self._conn.send((name, args, kwargs))
+            kind, value = self._conn.recv()
+        except (OSError, EOFError):
+            raise TrackingError("MLflow: the keeper process exited") from None
+        if kind == "error":
+            raise value
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in CALLS:
+            raise AttributeError(name)
+        return functools.partial(self._call, name)
+
+
+def _warm_up(env: Mapping[str, str]) -> tuple | None:
+    """Import MLflow and open a SQLite store that exists already, before the stage asks for its run. A store that
+    does not exist yet is left for the run to create: a stage that stops before it logs leaves none behind."""
+    uri = resolve_tracking_uri(env)
+    with contextlib.suppress(Exception):  # whatever fails here fails again in open_run, where it is reported
+        from mlflow.tracking import MlflowClient  # noqa: F401
+
+        if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
+            return open_store(env)
+    return None
+
+
+def _error(err: Exception, name: str) -> TrackingError:
+    return err if isinstance(err, TrackingError) else TrackingError(f"MLflow: {name}: {type(err).__name__}: {err}")
+
+
+def serve() -> None:
+    """The keeper process (argv: the file descriptor of its Connection to the stage)."""
+    conn = Connection(int(sys.argv[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the stage, which says how to end the run
+    # Background work: on cores that training keeps busy, it runs in their idle moments instead of taking turns
+    # with the training threads (when the stage waits on it, it has a core).
+    os.nice(19)
+    store = _warm_up(os.environ)
+    try:
+        _, (how,), _ = conn.recv()
+    except EOFError:  # the stage stopped before it needed a run
+        return
+    try:
+        run: Run = open_run(**how, store=store)
+    except Exception as err:
+        conn.send(("error", _error(err, "open")))
+        return
+    try:
+        conn.send(("ok", (run.run_id, run.experiment_id)))
+        while True:
+            name, args, kwargs = conn.recv()
+            try:
+                conn.send(("ok", getattr(run, name)(*args, **kwargs)))
+            except (EOFError, OSError):
+                raise
+            except Exception as err:
+                conn.send(("error", _error(err, name)))
+            if name == "end":
+                return
+    except (EOFError, OSError):  # the stage died without ending its run
+        with contextlib.suppress(Exception):
+            run.end_if_owned()

@@ -1,0 +1,33 @@
+"""The served model, logged from code (MLflow's models-from-code): DataFrame `source` -> DataFrame `prediction`.
+
+MLflow runs this file when it loads the model; `set_model` names the model. It serves the export folder (the
+artifact `export`) through `seq2seq.serving.Predictor`: onnxruntime, no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+
+class Seq2SeqModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from seq2seq.serving import Predictor
+
+        self.predictor = Predictor(Path(context.artifacts["export"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if "source" not in getattr(model_input, "columns", []):
+            raise MlflowException("the input needs a string column 'source'", INVALID_PARAMETER_VALUE)
+        results = self.predictor.predict([str(s) for s in model_input["source"]])
+        errors = [f"row {i}: {r.error}" for i, r in enumerate(results) if r.error]
+        if errors:  # a 400 answer in `mlflow models serve`, naming every bad row
+            raise MlflowException("; ".join(errors), INVALID_PARAMETER_VALUE)
+        return pd.DataFrame({"prediction": [r.prediction for r in results]})
+
+
+mlflow.models.set_model(Seq2SeqModel())

@@ -1,0 +1,111 @@
+"""Reading runs back and the model registry: `seq2seq compare`, `link`, `promote`, `predict` and the report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from seq2seq.tracking.runs import MODEL_URI_TAG
+from seq2seq.tracking.store import active_run, experiment_id_of, open_store, resolve_tracking_uri
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+REGISTERED_MODEL = "seq2seq"
+CHAMPION = "champion"
+
+__all__ = ["CHAMPION", "REGISTERED_MODEL", "experiment_id_of"]
+
+
+def load_predictor(model_uri: str, env: Mapping[str, str] = os.environ) -> Any:
+    """The Predictor inside a logged or registered pyfunc (`models:/seq2seq@champion`, `runs:/...`)."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(env))
+    try:
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
+    except MlflowException as err:  # no such model or alias: a message for the user, not a traceback
+        raise LookupError(err.message) from None
+
+
+def run_metrics(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, float]:
+    """A run's latest metric values; RunUnavailable if the store does not hold the run or it was deleted."""
+    client, _ = open_store(env)
+    return dict(active_run(client, run_id, resolve_tracking_uri(env)).data.metrics)
+
+
+def champion(env: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """(version, run id) of the model version holding the champion alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    client, _ = open_store(env)
+    try:
+        mv = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    except MlflowException:  # no registered model, or no alias yet
+        return None
+    return mv.version, mv.run_id
+
+
+def register(run_id: str, env: Mapping[str, str] = os.environ) -> str:
+    """Register the run's pyfunc under REGISTERED_MODEL (once: a second call returns the same version)."""
+    import mlflow
+
+    client, _ = open_store(env)
+    model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise LookupError(f"run {run_id} has no logged model; run the export stage first")
+    for existing in client.search_model_versions(f"name = '{REGISTERED_MODEL}' and run_id = '{run_id}'"):
+        return existing.version
+    mlflow.set_tracking_uri(resolve_tracking_uri(env))
+    return mlflow.register_model(model_uri, REGISTERED_MODEL).version
+
+
+def set_champion(version: str, env: Mapping[str, str] = os.environ) -> None:
+    client, _ = open_store(env)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+
+
+def search_runs(tags: Mapping[str, str] | None = None, env: Mapping[str, str] = os.environ) -> pd.DataFrame:
+    """The project experiment's runs (FINISHED only) as MLflow's DataFrame, optionally filtered by tag values."""
+    import mlflow
+
+    experiment_id = experiment_id_of(env)
+    mlflow.set_tracking_uri(resolve_tracking_uri(env))
+    runs = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", output_format="pandas")
+    # Tags filtered here, not in the filter string: MLflow's has no escape for a quote inside a value.
+    for key, value in (tags or {}).items():
+        column = runs.get(f"tags.{key}")
+        runs = runs[column == value] if column is not None else runs.iloc[0:0]
+    return runs.reset_index(drop=True)
+
+
+def metric_histories(run_ids: list[str], key: str, env: Mapping[str, str] = os.environ) -> dict[str, pd.DataFrame]:
+    """run id -> DataFrame(step, value) of one metric."""
+    import pandas as pd
+
+    client, _ = open_store(env)
+    histories = {}
+    for run_id in run_ids:
+        points = client.get_metric_history(run_id, key)
+        histories[run_id] = pd.DataFrame({"step": [p.step for p in points], "value": [p.value for p in points]})
+    return histories
+
+
+def link_experiments(links: list[dict[str, str]], env: Mapping[str, str] = os.environ) -> int:
+    """Tag each run (and the runs continuing it) with its DVC experiment's name and commit; returns the count."""
+    client, experiment_id = open_store(env)
+    tagged = 0
+    for link in links:
+        continuing = client.search_runs([experiment_id], f"tags.continues_run = '{link['run_id']}'")
+        for run_id in [link["run_id"], *(r.info.run_id for r in continuing)]:
+            client.set_tag(run_id, "dvc_exp_name", link["name"])
+            client.set_tag(run_id, "dvc_exp_commit", link["rev"])
+            tagged += 1
+    return tagged
+
+
+def run_tags_of(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    client, _ = open_store(env)
+    return dict(client.get_run(run_id).data.tags)

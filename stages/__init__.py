@@ -1,0 +1,1 @@
+"""The pipeline's DVC stages, one thin click command each (`python -m stages.<name>`, as dvc.yaml runs them)."""
