@@ -13,7 +13,7 @@ PROMOTE ?= 0
 OVERRIDES ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup run test lint format ui promote retrain sweep server lock clean
+.PHONY: help setup run test test-fast lint format ui promote retrain sweep server lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -35,7 +35,10 @@ run: $(STAMP)  ## set up, run the whole pipeline (dvc repro), show the metrics
 	@echo "Open the MLflow UI: make ui   (then $$(seq2seq ui-url --port $(PORT)))"
 
 test: $(STAMP)  ## set up and run the tests, a test file per CPU at a time (TEST_JOBS=0: in one process)
-	pytest -n $(TEST_JOBS) --dist loadfile
+	pytest -n $(TEST_JOBS) --dist loadfile --durations=15
+
+test-fast: $(STAMP)  ## the edit loop's tier: unit tests only, no stage or pipeline runs (about a minute)
+	pytest -n $(TEST_JOBS) -m "not slow"
 
 lint: $(STAMP)  ## ruff lint and format check
 	ruff check .

@@ -85,7 +85,6 @@ class Opener:
 
         started = time.perf_counter()
         if self.variant == "keeper":
-            self.keeper_cpu_at_open = process_cpu_s(self.keeper.process.pid)
             opened = self.keeper.run(stage, **how)
         elif self.variant == "in-process":
             opened = tracking.ending(tracking.open_run(stage, **how))
@@ -93,6 +92,8 @@ class Opener:
             opened = contextlib.nullcontext(NullRun())
         run = opened.__enter__()
         self.spent["open"] += time.perf_counter() - started
+        if self.keeper:  # training begins now: what the keeper does from here on may take CPU from it
+            self.keeper_cpu_at_open = process_cpu_s(self.keeper.process.pid)
         try:
             yield Timed(run, self.spent)
         except BaseException:
@@ -134,18 +135,20 @@ def run_stage(variant: str, params_path: Path, report: Path) -> None:
 @click.option("--epochs", type=int, default=None, help="Override train.max_epochs (default: params.yaml's).")
 @click.option("--repeats", default=2, show_default=True, help="Runs of each variant, alternating.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/logging_overhead.json"))
+@click.option("--variants", default=",".join(VARIANTS), show_default=True, help="Which designs to run (off always).")
 @click.option("--child", type=click.Choice(VARIANTS), default=None, hidden=True)
 @click.option("--child-params", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--child-report", type=click.Path(path_type=Path), default=None, hidden=True)
-def main(epochs, repeats, out, child, child_params, child_report) -> None:
+def main(epochs, repeats, out, variants, child, child_params, child_report) -> None:
     if child:
         run_stage(child, child_params, child_report)
         return
     params = default_params()
     if epochs is not None:
         params["train"]["max_epochs"] = epochs
-    walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    reports: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    chosen = [v for v in VARIANTS if v in variants.split(",") or v == "off"]
+    walls: dict[str, list[float]] = {v: [] for v in chosen}
+    reports: dict[str, list[dict]] = {v: [] for v in chosen}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         params_path = prepare(folder, params)
@@ -154,7 +157,7 @@ def main(epochs, repeats, out, child, child_params, child_report) -> None:
         create = "from seq2seq import tracking; tracking.experiment_id_of()"
         subprocess.run([sys.executable, "-c", create], cwd=folder, env=env, check=True, capture_output=True)
         for _ in range(repeats):
-            for variant in VARIANTS:
+            for variant in chosen:
                 report = folder / f"report-{variant}.json"
                 command = [sys.executable, "-m", "benchmarks.logging_overhead", "--child", variant,
                            "--child-params", str(params_path), "--child-report", str(report)]  # fmt: skip
@@ -166,7 +169,7 @@ def main(epochs, repeats, out, child, child_params, child_report) -> None:
     click.echo(f"train stage, default profile ({params['train']['max_epochs']} max epochs), {repeats} runs each, "
                f"alternating; off (null run): median wall {off:.2f} s")  # fmt: skip
     result: dict = {"walls_s": walls, "reports": reports}
-    for variant in ("keeper", "in-process"):
+    for variant in [v for v in chosen if v != "off"]:
         # Each run paired with the 'off' run of its round, so that slow drifts of the machine cancel.
         diffs = [a - b for a, b in zip(walls[variant], walls["off"], strict=True)]
         mean = statistics.mean(diffs)

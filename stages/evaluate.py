@@ -65,6 +65,7 @@ def main(params_path: Path, data_dir: Path, checkpoint_path: Path, run_ref: Path
                     attention_heatmap(source, predicted, weights, Path(tmp) / f"attention_{i}.png")
                     run.log_artifact(Path(tmp) / f"attention_{i}.png", "attention")
             # The outputs last, once the run holds everything: a run that cannot be logged leaves none behind.
+            run.sync()
             write_json(metrics_path, {split: result.metrics for split, result in results.items()})
             atomic_dir(by_length_dir, lambda tmp: [t.to_csv(tmp / f"{s}.csv", index=False) for s, t in tables.items()])
             tracking.write_reference(run, out_run_ref)

@@ -66,21 +66,20 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             fit(model, train_set, val_set, params.train, device, log=lambda epoch, row: None, **options)
             return
         with keeper.run("train", resume=state and (state["run_id"], out["state_path"])) as run:
-            if note:  # said once the run is open: resuming needs it
-                click.echo(note, err=True)
-            if state:  # the same run goes on
+            if state:  # the same run goes on: it must be there before any training
                 run.set_tags({"resumed_after_epoch": state["epoch"]})
+                run.sync()
             else:
                 run.log_params(params.flat(*SECTIONS))
                 # The thread count is part of what makes a CPU run byte-reproducible: another sums in another order.
                 tags = {"data_digest": digest, "device": str(device), "processes": ctx.world}
                 run.set_tags(tags | {"torch_threads": torch.get_num_threads()})
-                run.log_artifact(params_path)
+                run.log_text(params_path.read_text(), "params.yaml")
+            if note:  # said once the run is open: resuming needs it
+                click.echo(note, err=True)
 
-            mark = {"fingerprint": expected, "run_id": run.run_id}  # what a rerun checks before resuming
-
-            def save_state(epoch_state: dict) -> None:
-                save_train_state(out["state_path"], epoch_state | mark)
+            def save_state(epoch_state: dict) -> None:  # with what a rerun checks before resuming
+                save_train_state(out["state_path"], epoch_state | {"fingerprint": expected, "run_id": run.run_id})
 
             def log(epoch: int, row: dict[str, float]) -> None:
                 run.log_metrics(row, step=epoch)
@@ -92,11 +91,12 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             except torch.OutOfMemoryError:
                 raise StageError(f"out of memory on {device} at train.batch_size={params.train.batch_size}: "
                                  "lower train.batch_size (or the model's sizes) and run again") from None  # fmt: skip
+            run.sync()  # a logging failure stops the stage here, before it writes any output
             tracking.write_reference(run, out["run_ref_path"])
             best, summary = result.best_metrics(), result.summary()
             extra = {"epoch": result.best_epoch, "metrics": best}
             save_checkpoint(out["checkpoint_path"], model, vocab, extra, state_dict=result.best_state)
-            save_train_state(out["state_path"], result.last_state | mark | {"complete": True})
+            save_state(result.last_state | {"complete": True})
             write_json(out["metrics_path"], summary)
             peak = peak_memory(device)
             write_json(out["timing_path"], result.timing() | {"device": str(device), "processes": ctx.world} | peak)

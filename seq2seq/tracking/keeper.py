@@ -28,7 +28,20 @@ from typing import Any
 from seq2seq.tracking.runs import Run, ending, open_run
 from seq2seq.tracking.store import TrackingError, open_store, resolve_tracking_uri
 
-CALLS = ("log_params", "log_metrics", "set_tags", "log_artifact", "log_table", "monitor", "log_model", "end")
+CALLS = (
+    "log_params",
+    "log_metrics",
+    "set_tags",
+    "log_text",
+    "log_artifact",
+    "log_table",
+    "monitor",
+    "log_model",
+    "end",
+)
+# Calls the stage waits for: the others' errors come at the next wait. log_artifact and log_model read a file the
+# stage may delete as soon as the call returns.
+ANSWERED = ("log_artifact", "log_model", "end")
 
 
 class Keeper:
@@ -69,35 +82,62 @@ class Keeper:
             self.process.wait()
 
     @contextlib.contextmanager
-    def run(
-        self,
-        stage: str,
-        reference: Path | None = None,
-        resume: tuple[str, Path] | None = None,
-        inherit: tuple[str, ...] = (),
-    ) -> Iterator[RemoteRun]:
-        """`runs.open_run` in the keeper, ended by `runs.ending` when the block ends."""
-        opened = RemoteRun(self.conn, dict(stage=stage, reference=reference, resume=resume, inherit=inherit))
+    def run(self, stage: str, **how: Any) -> Iterator[RemoteRun]:
+        """`runs.open_run(stage, **how)` in the keeper, ended by `runs.ending` when the block ends."""
+        opened = RemoteRun(self.conn, dict(stage=stage, **how))
         with ending(opened):
             yield opened
 
 
 class RemoteRun:
-    """A `runs.Run` held by the keeper: the same calls (CALLS), each carried out there."""
+    """A `runs.Run` held by the keeper: the same calls (CALLS), carried out there in order.
+
+    The stage does not wait for them: it would otherwise wait for MLflow's import (the run opens while the stage
+    loads its data) and for every log_batch. A call's error is raised at the next call that waits for its answer
+    (`run_id`, `log_model`, `end`) or at `sync()`, which the stage calls before it writes its outputs."""
 
     def __init__(self, conn: Connection, how: dict[str, Any]) -> None:
-        self._conn = conn
-        self.run_id, self.experiment_id = self._call("open", how)
+        self._conn, self._pending, self._opened = conn, 0, None
+        self._call("open", how)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         try:
             self._conn.send((name, args, kwargs))
-            kind, value = self._conn.recv()
-        except (OSError, EOFError):
+        except OSError:  # the keeper is gone: what it said before going explains why
+            self.sync()
             raise TrackingError("MLflow: the keeper process exited") from None
-        if kind == "error":
-            raise value
-        return value
+        self._pending += 1
+        return self.sync() if name in ANSWERED else None
+
+    def sync(self) -> Any:
+        """Wait for every answer still due (the open's first); raise the first error, else return the last value."""
+        error, last = None, None
+        while self._pending:
+            try:
+                kind, value = self._conn.recv()
+            except (OSError, EOFError):
+                kind, value, self._pending = "error", TrackingError("MLflow: the keeper process exited"), 1
+            self._pending -= 1
+            if self._opened is None:
+                self._opened = value if kind == "ok" else ()
+            error, last = (error or value, last) if kind == "error" else (error, value)
+        if error:
+            raise error
+        return last
+
+    def _ids(self) -> tuple[str, str]:
+        self.sync()
+        if not self._opened:  # its error was raised before
+            raise TrackingError("MLflow: the run did not open")
+        return self._opened
+
+    @property
+    def run_id(self) -> str:
+        return self._ids()[0]
+
+    @property
+    def experiment_id(self) -> str:
+        return self._ids()[1]
 
     def __getattr__(self, name: str) -> Any:
         if name not in CALLS:
@@ -110,6 +150,8 @@ def _warm_up(env: Mapping[str, str]) -> tuple | None:
     does not exist yet is left for the run to create: a stage that stops before it logs leaves none behind."""
     uri = resolve_tracking_uri(env)
     with contextlib.suppress(Exception):  # whatever fails here fails again in open_run, where it is reported
+        # What the stage's first calls would import: the client, and the artifact store log_artifact uses.
+        import mlflow.store.artifact.local_artifact_repository  # noqa: F401
         from mlflow.tracking import MlflowClient  # noqa: F401
 
         if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
@@ -122,8 +164,14 @@ def _error(err: Exception, name: str) -> TrackingError:
 
 
 def serve() -> None:
-    """The keeper process (argv: the file descriptor of its Connection to the stage)."""
-    conn = Connection(int(sys.argv[1]))
+    """The keeper process (argv: the file descriptor of its Connection to the stage). It exits without tearing
+    MLflow's modules down, which only made the stage wait for it (about half a second)."""
+    _serve(Connection(int(sys.argv[1])))
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _serve(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the stage, which says how to end the run
     # Background work: on cores that training keeps busy, it runs in their idle moments instead of taking turns
     # with the training threads (when the stage waits on it, it has a core).
@@ -143,11 +191,10 @@ def serve() -> None:
         while True:
             name, args, kwargs = conn.recv()
             try:
-                conn.send(("ok", getattr(run, name)(*args, **kwargs)))
-            except (EOFError, OSError):
-                raise
+                answer = ("ok", getattr(run, name)(*args, **kwargs))
             except Exception as err:
-                conn.send(("error", _error(err, name)))
+                answer = ("error", _error(err, name))
+            conn.send(answer)
             if name == "end":
                 return
     except (EOFError, OSError):  # the stage died without ending its run

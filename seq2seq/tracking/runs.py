@@ -56,6 +56,9 @@ class Run:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
@@ -97,6 +100,9 @@ class Run:
             )
         self.set_tags({MODEL_URI_TAG: info.model_uri})
         return info.model_uri
+
+    def sync(self) -> None:
+        """Nothing to wait for: every call is done when it returns (the keeper's runs answer later)."""
 
     def end(self, status: str) -> None:
         """Close the run as FINISHED (the stage's tag set), FAILED or KILLED."""
@@ -207,11 +213,14 @@ def ending(run: Any) -> Iterator[Any]:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield run
+        run.sync()  # a call's error, raised here, ends the run FAILED rather than FINISHED
     except KeyboardInterrupt:
-        run.end("KILLED")
+        with contextlib.suppress(Exception):  # the interruption is what the stage reports, not a logging error
+            run.end("KILLED")
         raise
     except BaseException:
-        run.end("FAILED")
+        with contextlib.suppress(Exception):  # likewise the failure
+            run.end("FAILED")
         raise
     else:
         run.end("FINISHED")
