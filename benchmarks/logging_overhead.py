@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import click
 
+from benchmarks.provenance import stamp
 from benchmarks.stage_runs import ROOT, TRAIN_OUTPUTS, default_params, prepare, stage_env
 
 VARIANTS = ("keeper", "in-process", "off")
@@ -188,6 +190,7 @@ def main(epochs, repeats, out, variants, child, child_params, child_report) -> N
         )
         result[variant] = {"overhead_s": mean, "stderr_s": stderr, "accounted_s": accounted,
                            "accounted_fraction": accounted / off, "calls_s": calls}  # fmt: skip
+    result["provenance"] = stamp(shlex.join(["python", "-m", "benchmarks.logging_overhead", *sys.argv[1:]]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from seq2seq.data import Vocab
-from seq2seq.files import InputError, atomic_write, describe
+from seq2seq.files import InputError, atomic_write, describe, write_json
 from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.train_state import FitResult
 
 FORMAT_VERSION = 1
 
@@ -120,3 +121,17 @@ def resumable(path: Path, expected: str) -> tuple[dict[str, Any] | None, str | N
         note = "is from a run with other params, data, code or thread count; training starts from epoch 1"
         return None, f"note: {path} {note} in a new MLflow run"
     return state, f"resuming after epoch {state['epoch']} (MLflow run {state.get('run_id')})"
+
+
+def save_training(result: FitResult, model: Seq2Seq, vocab: Vocab, paths: dict[str, Path], timing: dict) -> None:
+    """The train stage's outputs once training is done: the best weights as a checkpoint, the metrics file (the
+    best epoch's), the timing (with `timing`'s extra keys) and the per-epoch history, without the timing, so that
+    the metrics and the history stay byte-identical run to run."""
+    import pandas as pd
+
+    extra = {"epoch": result.best_epoch, "metrics": result.best_metrics()}
+    save_checkpoint(paths["checkpoint_path"], model, vocab, extra, state_dict=result.best_state)
+    write_json(paths["metrics_path"], result.summary())
+    write_json(paths["timing_path"], result.timing() | timing)
+    history = pd.DataFrame(result.history_rows())
+    atomic_write(paths["history_path"], lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))

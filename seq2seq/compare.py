@@ -22,8 +22,6 @@ KEY_METRICS = (
     "test_long_exact_match",
     "test_bleu",
     "test_loss",
-    "best_val_exact_match",
-    "best_val_loss",
     "best_epoch",
 )
 FORMATS = ("table", "md", "csv", "json")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from seq2seq.config import require
+from seq2seq.config import StageError, require
 
 
 @dataclass(frozen=True)
@@ -177,3 +178,24 @@ def split_batch(index: torch.Tensor, tgt_len: torch.Tensor, ctx: Context) -> tup
 def autocast(device: torch.device, bf16: bool) -> torch.autocast:
     """bf16 autocast where asked for (train.bf16) and on CUDA; the CPU always runs fp32."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+
+
+@contextlib.contextmanager
+def out_of_memory_explained(device: torch.device, batch_size: int) -> Iterator[None]:
+    """Running out of memory as a StageError that says what to change (the stages print it as one line)."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise StageError(
+            f"out of memory on {device} at train.batch_size={batch_size}: lower train.batch_size (or the model's "
+            "sizes) and run again"
+        ) from None
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (and the device's peak allocation on CUDA), in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak = {"peak_rss_mib": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    if device.type == "cuda":
+        peak["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak

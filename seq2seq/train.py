@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -94,15 +93,6 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 
 class NonFiniteError(StageError):
     """The loss or the gradient norm stopped being finite; nothing of that epoch is saved."""
-
-
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """This process's peak resident memory (and the device's peak allocation on CUDA), in MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peak = {"peak_rss_mib": rss / (2**20 if sys.platform == "darwin" else 2**10)}
-    if device.type == "cuda":
-        peak["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return peak
 
 
 def show_progress() -> bool:

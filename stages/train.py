@@ -36,17 +36,14 @@ def main(params_path: Path, data_dir: Path, **out: Path) -> None:
 
 
 def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **out: Path) -> None:
-    import pandas as pd
     import torch
 
     from seq2seq import distributed
-    from seq2seq.checkpoint import code_files, fingerprint, resumable, save_checkpoint, save_train_state
-    from seq2seq.config import StageError
+    from seq2seq.checkpoint import code_files, fingerprint, resumable, save_train_state, save_training
     from seq2seq.data import dataset_digest, load_split, read_vocab
-    from seq2seq.files import atomic_write, write_json
     from seq2seq.model import Seq2Seq
     from seq2seq.params import load_params
-    from seq2seq.train import fit, peak_memory, resolve_device
+    from seq2seq.train import fit, resolve_device
 
     params = load_params(params_path)
     device = resolve_device(params.train.device)
@@ -86,24 +83,16 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
                 click.echo(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), err=True)
 
             run.monitor(params.train.system_metrics)
-            try:
+            with distributed.out_of_memory_explained(device, params.train.batch_size):
                 result = fit(model, train_set, val_set, params.train, device, log=log, save_state=save_state, **options)
-            except torch.OutOfMemoryError:
-                raise StageError(f"out of memory on {device} at train.batch_size={params.train.batch_size}: "
-                                 "lower train.batch_size (or the model's sizes) and run again") from None  # fmt: skip
             run.sync()  # a logging failure stops the stage here, before it writes any output
             tracking.write_reference(run, out["run_ref_path"])
-            best, summary = result.best_metrics(), result.summary()
-            extra = {"epoch": result.best_epoch, "metrics": best}
-            save_checkpoint(out["checkpoint_path"], model, vocab, extra, state_dict=result.best_state)
             save_state(result.last_state | {"complete": True})
-            write_json(out["metrics_path"], summary)
-            peak = peak_memory(device)
-            write_json(out["timing_path"], result.timing() | {"device": str(device), "processes": ctx.world} | peak)
-            history = pd.DataFrame(result.history_rows())
-            atomic_write(out["history_path"], lambda tmp: history.to_csv(tmp, index=False, float_format="%.6g"))
-            run.log_metrics({f"best_{k}": v for k, v in best.items()} | {"epochs_run": len(result.history)} | peak)
-    click.echo(f"best epoch {result.best_epoch}: val exact match {best['val_exact_match']:.4f}; run {run.run_id}")
+            peak = distributed.peak_memory(device)
+            save_training(result, model, vocab, out, {"device": str(device), "processes": ctx.world} | peak)
+            # The summary a variant is compared on; the best epoch's values are in the curves, at its step.
+            run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)} | peak)
+    click.echo(f"best epoch {result.best_epoch}: {result.best_metrics()['val_exact_match']:.4f} val exact match")
 
 
 if __name__ == "__main__":
