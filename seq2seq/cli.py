@@ -68,7 +68,9 @@ def ui_url(port: int) -> None:
     """Print the MLflow UI address of this project's runs table (the classic training view)."""
     from seq2seq.tracking import registry
 
-    click.echo(f"http://127.0.0.1:{port}/#/experiments/{registry.experiment_id_of()}/runs")
+    # workflowType: the classic model-training view, not the GenAI overview MLflow 3 opens by default.
+    experiment = registry.experiment_id_of()
+    click.echo(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
 
 
 @main.command()

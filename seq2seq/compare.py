@@ -16,6 +16,7 @@ import pandas as pd
 
 from seq2seq.files import atomic_write
 from seq2seq.plots import plt
+from seq2seq.promotion import TIE_BREAKER
 
 KEY_METRICS = (
     "test_exact_match",
@@ -36,8 +37,8 @@ def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool | None = Non
     """One row per run: run name and id, the params whose values differ between runs, the key metrics.
 
     `runs` is MLflow's search_runs frame (columns run_id, tags.mlflow.runName, params.*, metrics.*). Sorted by
-    `sort_by`, best first unless `ascending` says otherwise (losses ascending, scores descending); a param whose
-    values are all numbers sorts as numbers (MLflow keeps params as strings: "128" < "32").
+    `sort_by`, best first unless `ascending` says otherwise (losses ascending, scores descending), ties broken by
+    the lower test loss; a param whose values are all numbers sorts as numbers (MLflow keeps params as strings).
     """
     if runs.empty:
         return pd.DataFrame(columns=["run", "run_id"])
@@ -54,6 +55,8 @@ def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool | None = Non
         raise KeyError(f"cannot sort by {sort_by!r}: the table has {', '.join(table.columns)}")
     if ascending is None:
         ascending = lower_is_better(sort_by)
+    if TIE_BREAKER in table and sort_by != TIE_BREAKER:  # ties: the lower test loss first, as promotion decides
+        table = table.loc[table[TIE_BREAKER].sort_values(na_position="last", kind="stable").index]
     numbers = pd.to_numeric(table[sort_by], errors="coerce")
     key = numbers if numbers.notna().sum() == table[sort_by].notna().sum() else table[sort_by].astype("string")
     order = key.sort_values(ascending=ascending, na_position="last", kind="stable").index

@@ -47,7 +47,7 @@ def main(
             def fill(tmp: Path) -> None:
                 write_export(model, vocab, params.export, tmp, card)
                 tracking.write_reference(run, tmp / RUN_REF_FILE)
-                run.log_model(tmp, example)
+                run.log_model(tmp, example, evaluation)
 
             atomic_dir(out_dir, fill)
     click.echo(f"exported to {out_dir}; pyfunc logged to run {run.run_id}")

@@ -72,6 +72,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
                 tags = {"data_digest": digest, "device": str(device), "processes": ctx.world}
                 run.set_tags(tags | {"torch_threads": torch.get_num_threads()})
                 run.log_text(params_path.read_text(), "params.yaml")
+                run.log_dataset(params.data.task, digest, data_dir.resolve(), ("train", "val"))
             if note:  # said once the run is open: resuming needs it
                 click.echo(note, err=True)
 

@@ -31,7 +31,7 @@ def _runs() -> pd.DataFrame:
 def test_table_keeps_differing_params_and_sorts():
     table = variant_table(_runs(), "test_exact_match")
     assert list(table.columns) == ["run", "run_id", "model.hidden_dim", "train.lr", "test_exact_match", "test_loss"]
-    assert list(table["run"]) == ["big", "small", "fast"]  # best first; ties keep their order
+    assert list(table["run"]) == ["big", "fast", "small"]  # best first; a tie goes to the lower test loss
     assert list(variant_table(_runs(), "test_loss")["run"]) == ["big", "fast", "small"]  # a loss: lowest first
     assert list(variant_table(_runs(), "test_loss", ascending=False)["run"]) == ["small", "fast", "big"]
     with pytest.raises(KeyError, match="cannot sort by 'bleu'"):
@@ -55,7 +55,7 @@ def test_formats():
         == "| run | run_id | model.hidden_dim | train.lr | test_exact_match | test_loss |"
     )
     assert render(table, "md").splitlines()[2] == "| big | b | 128 | 0.001 | 0.95 | 0.1 |"
-    assert pd.read_csv(io.StringIO(render(table, "csv")))["run"].tolist() == ["big", "small", "fast"]
+    assert pd.read_csv(io.StringIO(render(table, "csv")))["run"].tolist() == ["big", "fast", "small"]
     assert json.loads(render(table, "json"))[0] == {
         "run": "big", "run_id": "b", "model.hidden_dim": "128", "train.lr": "0.001", "test_exact_match": 0.95,
         "test_loss": 0.1,
@@ -147,3 +147,27 @@ def test_the_report_axis_must_be_a_column_of_the_table(tmp_path):
     with pytest.raises(KeyError, match=r"'bleu' is not a param that differs: model\.hidden_dim, train\.lr"):
         write_html(tmp_path / "r.html", table, "test_exact_match", "bleu", "test_exact_match")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_ties_on_the_sort_key_go_to_the_lower_test_loss():
+    """Three variants at the same test exact match: the best first is the one promotion would pick (lower loss)."""
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "tags.mlflow.runName": ["worst", "best", "middle"],
+            "params.train.lr": ["0.1", "0.003", "0.01"],
+            "metrics.test_exact_match": [1.0, 1.0, 1.0],
+            "metrics.test_loss": [0.3, 0.01, 0.1],
+        }
+    )
+    assert variant_table(runs, "test_exact_match")["run"].tolist() == ["best", "middle", "worst"]
+    assert variant_table(runs, "test_loss", ascending=False)["run"].tolist() == ["worst", "middle", "best"]
+
+
+def test_ui_url_opens_the_runs_table_in_the_model_training_view(store, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(store))
+    result = CliRunner().invoke(main, ["ui-url", "--port", "5005"])
+    assert result.exit_code == 0, result.output
+    experiment = tracking.experiment_id_of({"DVC_ROOT": str(store)})
+    expected = f"http://127.0.0.1:5005/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    assert result.output.strip() == expected

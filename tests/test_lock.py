@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -113,3 +114,12 @@ def test_each_stages_code_deps_are_exactly_the_code_it_runs():
         for extra in RUN_BY_PATH.get(name, []):
             runs |= _imported_files(ROOT / extra)
         assert declared == runs, f"{name}: missing {sorted(runs - declared)}, not run {sorted(declared - runs)}"
+
+
+def test_a_stage_run_by_a_python_without_the_projects_packages_says_what_to_do():
+    """`.venv/bin/dvc repro` without the venv activated runs the stages with another Python (`-S`: one without
+    site-packages stands in for it): one line saying what to do, not an import traceback."""
+    command = [sys.executable, "-S", "-m", "stages.generate"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 1 and "source .venv/bin/activate" in result.stderr
+    assert "Traceback" not in result.stderr

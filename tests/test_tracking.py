@@ -136,7 +136,7 @@ def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path, monkey
     assert follow_up.info.run_name == "exp-one" and follow_up.info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("where", ["in-process", "keeper"])
+@pytest.mark.parametrize("where", ["in-process", pytest.param("keeper", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(("error", "status"), [(ValueError, "FAILED"), (KeyboardInterrupt, "KILLED")])
 def test_failed_or_interrupted_runs_are_never_left_running(store, where, error, status):
     env, client = store
@@ -147,6 +147,7 @@ def test_failed_or_interrupted_runs_are_never_left_running(store, where, error, 
     assert client.get_run(run.run_id).info.status == status
 
 
+@pytest.mark.slow
 def test_processes_creating_a_new_store_together_do_not_race(tmp_path):
     """Several stages starting at once against a DB that does not exist yet (a queue started with -j N) must
     not race on MLflow's schema migration: the first contact is serialised by a file lock."""
@@ -173,6 +174,7 @@ def test_system_metrics_when_enabled(store):
     assert not any(k.startswith("system/") for k in client.get_run(quiet.run_id).data.metrics)
 
 
+@pytest.mark.slow
 def test_the_keeper_logs_the_run_and_resumes_it(store, tmp_path):
     env, client = store
     artifact = tmp_path / "params.yaml"
@@ -203,6 +205,7 @@ def test_the_keeper_logs_the_run_and_resumes_it(store, tmp_path):
     assert client.get_run(failing.run_id).info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_keeper_never_asked_for_a_run_creates_no_store(tmp_path):
     """The keeper imports MLflow before it knows its run; a stage that stops before it logs leaves no store."""
     with tracking.Keeper({"DVC_ROOT": str(tmp_path)}) as keeper:
@@ -235,6 +238,7 @@ def start_stage(env: dict, reference: Path | None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["new", "appending", "continuing"])
 def test_a_killed_stage_leaves_its_run_killed(store, tmp_path, how):
     """SIGKILL to the stage's whole process group (`kill -9 -PGID`, a CI timeout): its keeper, in a group of its
@@ -255,6 +259,7 @@ def test_a_killed_stage_leaves_its_run_killed(store, tmp_path, how):
     assert _wait_while_running(client, run_id) == "KILLED"
 
 
+@pytest.mark.slow
 def test_a_killed_stages_keeper_leaves_a_rerun_that_reopened_the_run_alone(store, tmp_path):
     """Kill evaluate, rerun it at once: when the rerun has reopened the same run before the first stage's keeper
     gets to it, that keeper must not mark the live run KILLED."""
@@ -283,6 +288,7 @@ def _state(pid: str) -> bytes:
         return b"Z"
 
 
+@pytest.mark.slow
 def test_a_keeper_that_cannot_open_the_store_fails_the_stage(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/file/mlflow.db", "DVC_ROOT": str(tmp_path)}
@@ -294,6 +300,7 @@ def test_a_keeper_that_cannot_open_the_store_fails_the_stage(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_a_keeper_gone_before_its_run_opens_is_an_error(tmp_path):
     with tracking.Keeper({"DVC_ROOT": str(tmp_path)}) as keeper:
         keeper.process.kill()
@@ -302,6 +309,7 @@ def test_a_keeper_gone_before_its_run_opens_is_an_error(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_the_keeper_leaves_the_stages_process_group_but_not_its_session(tmp_path):
     """Its own group: `kill -9 -PGID` of the stage leaves it alive to close the run. The same session: under the
     kernel's autogroup scheduling a session of its own would make its nice 19 void (benchmarks/logging_overhead.py
@@ -309,3 +317,20 @@ def test_the_keeper_leaves_the_stages_process_group_but_not_its_session(tmp_path
     with tracking.Keeper({"DVC_ROOT": str(tmp_path)}) as keeper:
         assert os.getpgid(keeper.process.pid) != os.getpgid(0)
         assert os.getsid(keeper.process.pid) == os.getsid(0)
+
+
+def test_a_run_names_its_source_and_the_datasets_it_used(store, tmp_path):
+    """The runs table's Source and Dataset columns: the stage that made the run, and the data as dataset inputs,
+    one per split."""
+    env, client = store
+    with in_process("train", env) as run:
+        run.log_dataset("reverse", "ab" * 40, tmp_path / "data", ("train", "val"))
+    logged = client.get_run(run.run_id)
+    assert logged.data.tags["mlflow.source.name"] == "python -m stages.train"
+    inputs = logged.inputs.dataset_inputs
+    assert sorted(i.tags[0].value for i in inputs) == ["train", "val"]
+    assert {(i.dataset.name, i.dataset.digest) for i in inputs} == {
+        ("reverse-train", "ab" * 16),
+        ("reverse-val", "ab" * 16),
+    }
+    assert str(tmp_path / "data") in inputs[0].dataset.source

@@ -33,6 +33,7 @@ CALLS = (
     "log_metrics",
     "set_tags",
     "log_text",
+    "log_dataset",
     "log_artifact",
     "log_table",
     "monitor",

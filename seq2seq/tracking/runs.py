@@ -6,6 +6,7 @@ Stages never call this directly: they talk to a keeper process (keeper.py), whic
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -78,8 +79,20 @@ class Run:
             self._monitor.finish()
             self._monitor = None
 
-    def log_model(self, export_dir: Path, example: list[str]) -> str:
-        """The export folder as a pyfunc model logged from code (DataFrame `source` -> `prediction`); returns its
+    def log_dataset(self, name: str, digest: str, source: Path, contexts: tuple[str, ...]) -> None:
+        """The data the run used, as MLflow dataset inputs, one per split (`contexts`): the runs table's Dataset
+        column and the run's Datasets section."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        def split(context: str) -> Dataset:  # one per split: MLflow keeps one input per (name, digest)
+            return Dataset(f"{name}-{context}", digest[:32], "local", json.dumps({"uri": str(source)}))
+
+        inputs = [DatasetInput(split(c), [InputTag("mlflow.data.context", c)]) for c in contexts]
+        self.client.log_inputs(self.run_id, inputs)
+
+    def log_model(self, export_dir: Path, example: list[str], metrics: Mapping[str, float]) -> str:
+        """The export folder as a pyfunc model logged from code (DataFrame `source` -> `prediction`), named after
+        the run and carrying `metrics` (the experiment's Models view compares models by them); returns its
         models:/ URI. Requirements are pinned from this environment, not inferred (5-10 s a log)."""
         import mlflow
         import pandas as pd
@@ -88,9 +101,9 @@ class Run:
 
         signature = ModelSignature(Schema([ColSpec("string", "source")]), Schema([ColSpec("string", "prediction")]))
         mlflow.set_tracking_uri(self.client.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with mlflow.start_run(run_id=self.run_id) as active:
             info = mlflow.pyfunc.log_model(
-                name="model",
+                name=f"seq2seq-{active.info.run_name}",
                 python_model=str(MODEL_FILE),
                 artifacts={"export": str(export_dir)},
                 code_paths=[str(Path(__file__).parents[1])],  # the seq2seq package: serving needs it
@@ -98,6 +111,7 @@ class Run:
                 input_example=pd.DataFrame({"source": example}),
                 pip_requirements=[f"{p}=={version(p)}" for p in ("mlflow", "onnxruntime", "numpy", "pandas")],
             )
+            mlflow.log_metrics(dict(metrics), model_id=info.model_id)
         self.set_tags({MODEL_URI_TAG: info.model_uri})
         return info.model_uri
 
@@ -165,7 +179,8 @@ def open_run(
         client.set_tag(run_id, OWNER_TAG, owner)
         client.update_run(run_id, status="RUNNING")
         return Run(client, run_id, experiment_id, stage, owner)
-    tags = run_tags(env) | {OWNER_TAG: owner}
+    source = {"mlflow.source.name": f"python -m stages.{stage}", "mlflow.source.type": "LOCAL"}  # the Source column
+    tags = run_tags(env) | source | {OWNER_TAG: owner}
     name = env.get("DVC_EXP_NAME") or None
     if previous is not None:
         kept = {k: v for k, v in previous.data.tags.items() if not k.startswith((f"{STAGE_TAG}.", "mlflow."))}
