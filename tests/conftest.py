@@ -1,16 +1,20 @@
-"""The tests' fixtures (a tiny dataset, the default params) and hooks (a hermetic MLflow setting, a check that no
-test wrote into the repository's MLflow store); plain helpers live in tests/helpers.py."""
+"""The tests' fixtures (a tiny dataset, the default params, the tiny pipeline run once a session) and hooks (a
+hermetic MLflow setting, a check that no test wrote into the repository's MLflow store); plain helpers live in
+tests/helpers.py."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from seq2seq.data import build_vocab, encode_split, generate_splits
-from tests.helpers import ROOT, tiny_data_config
+from tests.helpers import ROOT, tiny_data_config, tiny_repo
 
 _STORE_BEFORE = pytest.StashKey[set[str]]()
 
@@ -45,13 +49,27 @@ def _no_outside_tracking_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+# The files that take longest (make test's --durations), in this order ahead of the rest: pytest-xdist hands out whole
+# files (--dist loadfile) in the collection's order once its reordering is off (below). Its default, the files with
+# the most tests first, left these few-test files to the end, where one worker ran them while the other sat idle.
+LONG_FIRST = ("test_experiments.py", "test_retrain.py", "test_pipeline.py", "test_distributed.py")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (make test), share the cores between the workers: torch in each one taking all of them
-    would have their threads spin against each other."""
+    would have their threads spin against each other; and hand out the files in LONG_FIRST's order (the option of
+    --no-loadscope-reorder, set here rather than in addopts, which would break a run with `-p no:xdist`)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // workers))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +78,27 @@ def tiny_dataset():
     frames, _ = generate_splits(cfg)
     vocab = build_vocab(cfg)
     return vocab, {split: encode_split(frame, vocab) for split, frame in frames.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """The real pipeline (`dvc repro`) run once a session on the tiny profile, in a temp git + DVC repo with its
+    MLflow store. Never changed: a test takes a copy (helpers.copy_repo).
+
+    Under pytest-xdist the workers share it (a build is 40 s of CPU that the other worker's tests would use): the
+    first to ask builds it in the temp folder above theirs, holding a lock; one that asks meanwhile waits for it
+    (LONG_FIRST gives the second worker a file that needs no pipeline first)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return tiny_repo(tmp_path_factory.mktemp("tiny-pipeline"))
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-pipeline"
+    shared.mkdir(exist_ok=True)
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes
+        if not (shared / "built").exists():
+            shutil.rmtree(shared / "repo", ignore_errors=True)  # what a failed build left
+            tiny_repo(shared)
+            (shared / "built").touch()
+    return shared / "repo"
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import importlib
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -111,6 +112,57 @@ def tiny_repo(where: Path, run_pipeline: bool = True) -> Path:
     if run_pipeline:
         run(["dvc", "repro"], repo)
     return repo
+
+
+def copy_repo(base: Path, where: Path) -> Path:
+    """A copy of `base` (a tiny_repo: conftest's `tiny_pipeline`, built once a session) at where/repo, to change at
+    will. Everything comes along: git, DVC's cache (.dvc/cache) and the MLflow store (mlflow.db, mlruns/).
+
+    The store records absolute locations (the experiment's artifact root, each run's and each logged and registered
+    model's, in mlflow.db and in each model's MLmodel): they are moved into the copy, and the copy is checked to
+    name the original in no link, no text file and not in its store, so that a test on it neither writes into the
+    original, which other tests copy, nor reads its results from there. (Binary outputs keep the source paths that
+    torch.export and ONNX record in their stack traces: a record of where they were made, read by nothing.)
+    """
+    base, repo = base.resolve(), (where / "repo").resolve()
+    old, new = str(base), str(repo)
+    shutil.copytree(base, repo, symlinks=True)
+    if (repo / "mlflow.db").exists():
+        with contextlib.closing(sqlite3.connect(repo / "mlflow.db")) as store:
+            _replace_in_every_text(store, old, new)
+    for mlmodel in (repo / "mlruns").rglob("MLmodel"):
+        mlmodel.write_text(mlmodel.read_text().replace(old, new))
+    named = [
+        path.relative_to(repo).as_posix()
+        for path in repo.rglob("*")
+        if (os.readlink(path).startswith(old) if path.is_symlink() else path.is_file() and _names(path, old))
+    ]
+    assert not named, f"the copy of {base} still names it in: {named}"
+    return repo
+
+
+def _names(path: Path, old: str) -> bool:
+    """Whether a text file, or the store's database, holds `old`."""
+    data = path.read_bytes()
+    if old.encode() not in data:
+        return False
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return path.name == "mlflow.db"
+    return True
+
+
+def _replace_in_every_text(store: sqlite3.Connection, old: str, new: str) -> None:
+    """Replace `old` by `new` in every text value of every table (whatever MLflow's schema calls its path columns),
+    then VACUUM: no page keeps the old value."""
+    tables = [name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    with store:
+        for table in tables:
+            for column in [f'"{row[1]}"' for row in store.execute(f'PRAGMA table_info("{table}")')]:
+                where = f"typeof({column}) = 'text' AND instr({column}, ?) > 0"
+                store.execute(f'UPDATE "{table}" SET {column} = replace({column}, ?, ?) WHERE {where}', (old, new, old))
+    store.execute("VACUUM")
 
 
 def commit(repo: Path, message: str) -> None:

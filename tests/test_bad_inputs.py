@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.helpers import ROOT, TINY, load_stage, stage_args
+from tests.helpers import ROOT, TINY, copy_repo, load_stage, stage_args
 
 
 def _invoke(stage: str, args: list[str]):
@@ -53,9 +53,8 @@ def pipeline(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def work(pipeline, tmp_path, monkeypatch) -> Path:
-    """A copy of the pipeline's folder and store, to break one file in."""
-    copy = tmp_path / "work"
-    shutil.copytree(pipeline, copy)
+    """A copy of the pipeline's folder and store (moved with it: new runs log there), to break one file in."""
+    copy = copy_repo(pipeline, tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(copy))
     return copy
@@ -90,6 +89,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
 def test_a_broken_input_is_one_line_naming_the_file(work, case):
     stage, name, breaks, message = BROKEN[case]
@@ -114,6 +114,7 @@ def test_a_broken_input_is_one_line_naming_the_file(work, case):
     assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
 
 
+@pytest.mark.slow
 def test_evaluating_a_run_the_store_does_not_hold_writes_nothing(work):
     """models/ from a DVC remote, with someone else's MLflow store: the run reference names a run not here."""
     (work / "mlflow.db").unlink()
@@ -125,6 +126,7 @@ def test_evaluating_a_run_the_store_does_not_hold_writes_nothing(work):
     assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
 
 
+@pytest.mark.slow
 def test_evaluating_a_deleted_run_says_so(work):
     from mlflow.tracking import MlflowClient
 
@@ -141,12 +143,14 @@ def test_evaluating_a_deleted_run_says_so(work):
     assert f"names run {run_id}, which was deleted" in result.output and "mlflow runs restore" in result.output
 
 
+@pytest.mark.slow
 def test_promoting_a_run_the_store_does_not_hold_says_so(work):
     (work / "mlflow.db").unlink()
     result = _cli(["promote", "--run-ref", str(work / "eval" / "eval_run.json")])
     assert result.exit_code == 1 and "does not hold" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_an_unreadable_training_state_is_ignored_and_training_starts_over(work):
     out = work / "out"
     args = stage_args("train", work / "params.yaml", out, work / "gen" / "data")
@@ -170,6 +174,7 @@ def _train_from_an_unfinished_state(work: Path, out: Path, before=lambda state: 
     return state, _invoke("train", stage_args("train", work / "params.yaml", out, work / "gen" / "data"))
 
 
+@pytest.mark.slow
 def test_a_state_whose_run_the_store_lacks_stops_before_training(work):
     """Resuming needs the state's MLflow run: without it the stage says so before it spends a minute training."""
     out = work / "out"
@@ -181,6 +186,7 @@ def test_a_state_whose_run_the_store_lacks_stops_before_training(work):
     assert sorted(p.name for p in out.iterdir()) == ["state.pt"]
 
 
+@pytest.mark.slow
 def test_a_state_of_other_params_is_not_resumed(work):
     """An unfinished state saved for other params (or code, data, threads: the fingerprint) is set aside, with a
     note: training starts from epoch 1 in a new run and ends as a fresh start does."""
@@ -193,6 +199,7 @@ def test_a_state_of_other_params_is_not_resumed(work):
     assert (out / "model.pt").read_bytes() == (work / "train" / "model.pt").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_state_whose_run_was_deleted_says_restore_it_or_delete_the_state(work):
     """A deleted (not purged) run: MLflow refuses to reopen it; the stage names both ways out."""
     from mlflow.tracking import MlflowClient

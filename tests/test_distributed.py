@@ -13,6 +13,8 @@ import yaml
 from seq2seq.tracking import registry
 from tests.helpers import ROOT, TINY, run
 
+pytestmark = pytest.mark.slow  # the stages as scripts, train under torchrun
+
 
 def _train(tmp: Path, name: str, nproc: int) -> Path:
     """Run the train stage as a script (as DVC does) with its outputs in tmp/name; returns that folder."""

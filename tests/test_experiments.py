@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import commit, env, run, server, set_params, tiny_repo
+from tests.helpers import commit, copy_repo, env, run, server, set_params
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tiny_repo(tmp_path_factory.mktemp("experiments"))
+def repo(tiny_pipeline, tmp_path_factory) -> Path:
+    repo = copy_repo(tiny_pipeline, tmp_path_factory.mktemp("experiments"))
     commit(repo, "baseline results")  # dvc.lock and metrics: what experiments are compared against
     return repo
 
@@ -115,7 +115,8 @@ def test_queued_experiment_through_a_tracking_server(repo, tmp_path):
     store = tmp_path / "server"
     store.mkdir()
     cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db"]
-    cmd += ["--artifacts-destination", str(store / "artifacts")]
+    # One worker, not MLflow's 4: one experiment needs no more, and each starts by importing MLflow (seconds of CPU).
+    cmd += ["--artifacts-destination", str(store / "artifacts"), "--workers", "1"]
     with server(cmd, "/health", tmp_path / "server.log", seconds=180, cwd=tmp_path, env=env()) as uri:
         run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.004"], repo)
         _drain_queue(repo, jobs=1, MLFLOW_TRACKING_URI=uri)

@@ -11,6 +11,8 @@ from seq2seq import tracking
 from seq2seq.train import NonFiniteError
 from tests.helpers import ROOT, TINY, load_stage, stage_args
 
+pytestmark = pytest.mark.slow  # the generate and train stages, in-process (train with its keeper process)
+
 
 @pytest.mark.parametrize(
     ("error", "message"),

@@ -88,6 +88,7 @@ def test_unknown_and_missing_sections(default_params, tmp_path):
         load_params(tmp_path / "absent.yaml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["generate", "train"])
 def test_stage_exits_2_and_writes_nothing(default_params, tmp_path, monkeypatch, stage):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the MLflow store's home, were one opened
@@ -101,6 +102,7 @@ def test_stage_exits_2_and_writes_nothing(default_params, tmp_path, monkeypatch,
     assert not out.exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_too_small_task_space_is_a_params_error(default_params, tmp_path):
     params = copy.deepcopy(default_params)
     params["data"].update(num_symbols=2, min_len=1, max_len=2, n_val=50)

@@ -16,14 +16,14 @@ import pytest
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.params import load_params
 from seq2seq.tracking.registry import REGISTERED_MODEL
-from tests.helpers import ROOT, env, run, server, set_params, tiny_repo
+from tests.helpers import ROOT, copy_repo, env, run, server, set_params, tiny_repo
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    return tiny_repo(tmp_path_factory.mktemp("pipeline"))
+def repo(tiny_pipeline, tmp_path_factory) -> Path:
+    return copy_repo(tiny_pipeline, tmp_path_factory.mktemp("pipeline"))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,13 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
     assert len(client.list_artifacts(logged.info.run_id, "attention")) == 2
     assert logged.info.artifact_uri.startswith((repo / "mlruns").as_uri())
     assert logged.data.tags["model_uri"].startswith("models:/m-")
+    # The logged model: named after its run, carrying the test metrics (the experiment's Models view).
+    model = client.get_logged_model(logged.data.tags["model_uri"].removeprefix("models:/"))
+    assert model.name == f"seq2seq-{logged.info.run_name}"
+    assert {m.key: m.value for m in model.metrics}["test_exact_match"] == logged.data.metrics["test_exact_match"]
+    # What the runs table shows in its Source and Dataset columns.
+    assert logged.data.tags["mlflow.source.name"] == "python -m stages.train"
+    assert sorted(i.tags[0].value for i in logged.inputs.dataset_inputs) == ["train", "val"]
 
 
 def test_exported_forms_predict_what_the_eager_model_does(repo):
@@ -169,7 +176,7 @@ def test_repro_reruns_exactly_what_changed(repo, client):
     first_run = json.loads((repo / "metrics" / "mlflow_run.json").read_text())["run_id"]
     first_metrics = client.get_run(first_run).data.metrics
     set_params(repo, evaluate={"beam_size": 2})
-    out = run(["dvc", "repro"], repo)
+    out = run(["dvc", "repro", "evaluate"], repo)  # up to the stage tested: export would add no run
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
     # Re-evaluating a trained model opens a new run that continues the training run, which keeps its results.
     follow_up = client.get_run(json.loads((repo / "models" / "eval_run.json").read_text())["run_id"])

@@ -334,3 +334,17 @@ def test_a_run_names_its_source_and_the_datasets_it_used(store, tmp_path):
         ("reverse-val", "ab" * 16),
     }
     assert str(tmp_path / "data") in inputs[0].dataset.source
+
+
+def test_an_experiments_run_describes_what_it_changed(tmp_path, monkeypatch):
+    """`dvc exp run -S train.lr=0.001`: the run's description (the UI's) names the override against the baseline."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.003\n  clip: 1.0\n")
+    subprocess.run([*git, "add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.001\n  clip: 1.0\n")
+    monkeypatch.chdir(tmp_path)
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    tags = tracking.run_tags({"DVC_ROOT": str(tmp_path), "DVC_EXP_BASELINE_REV": rev, "DVC_EXP_NAME": "lr-small"})
+    assert tags["mlflow.note.content"] == f"Against {rev[:7]}: train.lr=0.001 (was 0.003)"

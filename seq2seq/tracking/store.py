@@ -79,7 +79,24 @@ def run_tags(env: Mapping[str, str] = os.environ) -> dict[str, str]:
     for var, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if env.get(var):
             tags[tag] = env[var]
+    if env.get("DVC_EXP_BASELINE_REV"):  # the run's description in the UI: what this variant changed
+        tags["mlflow.note.content"] = describe_variant(env["DVC_EXP_BASELINE_REV"], Path("params.yaml"))
     return tags
+
+
+def describe_variant(baseline: str, params_path: Path) -> str:
+    """The params that differ between `params_path` and the baseline commit's, as `dvc exp run -S` set them."""
+    from seq2seq.gate import flatten
+    from seq2seq.params import read_yaml
+
+    shown = subprocess.run(["git", "show", f"{baseline}:{params_path}"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        return f"params.yaml against {baseline[:7]}: not readable there"
+    before, now = flatten(read_yaml(shown.stdout) or {}), flatten(read_yaml(params_path.read_text()) or {})
+    changes = [
+        f"{k}={now.get(k)} (was {before.get(k)})" for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)
+    ]
+    return f"Against {baseline[:7]}: {', '.join(changes) or 'the same params'}"
 
 
 @contextlib.contextmanager
