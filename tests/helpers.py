@@ -115,8 +115,9 @@ def tiny_repo(where: Path, run_pipeline: bool = True) -> Path:
 
 
 def copy_repo(base: Path, where: Path) -> Path:
-    """A copy of `base` (a tiny_repo: conftest's `tiny_pipeline`, built once a session) at where/repo, to change at
-    will. Everything comes along: git, DVC's cache (.dvc/cache) and the MLflow store (mlflow.db, mlruns/).
+    """A copy of `base` (a tiny_repo, such as conftest's `tiny_pipeline`, built once a session; or any folder of
+    stage outputs with its store) at where/repo, to change at will. Everything comes along: git, DVC's cache
+    (.dvc/cache) and the MLflow store (mlflow.db, mlruns/).
 
     The store records absolute locations (the experiment's artifact root, each run's and each logged and registered
     model's, in mlflow.db and in each model's MLmodel): they are moved into the copy, and the copy is checked to

@@ -1,4 +1,5 @@
-"""End to end: the real `dvc repro` on a tiny profile in a temp copy of the repo, with a real MLflow store there."""
+"""End to end: the real `dvc repro` on a tiny profile in a temp copy of the repo, with a real MLflow store there
+(conftest's `tiny_pipeline`, run once a session, copied for this module)."""
 
 from __future__ import annotations
 
