@@ -348,3 +348,23 @@ def test_an_experiments_run_describes_what_it_changed(tmp_path, monkeypatch):
     rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     tags = tracking.run_tags({"DVC_ROOT": str(tmp_path), "DVC_EXP_BASELINE_REV": rev, "DVC_EXP_NAME": "lr-small"})
     assert tags["mlflow.note.content"] == f"Against {rev[:7]}: train.lr=0.001 (was 0.003)"
+
+
+def test_only_the_tracking_package_imports_mlflow_and_only_the_edges_import_click():
+    """The house's rule, checked on every import statement (those inside functions too): mlflow only in
+    seq2seq/tracking/, click only in the console script (seq2seq/cli.py) and the stages."""
+    import ast
+
+    root = Path(__file__).parents[1]
+    leaks = []
+    for path in sorted((root / "seq2seq").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            top = {name.split(".")[0] for name in names}
+            relative = path.relative_to(root).as_posix()
+            if "mlflow" in top and not relative.startswith("seq2seq/tracking/"):
+                leaks.append(f"{relative}: mlflow")
+            if "click" in top and relative != "seq2seq/cli.py":
+                leaks.append(f"{relative}: click")
+    assert not leaks
