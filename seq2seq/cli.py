@@ -47,10 +47,10 @@ def main() -> None:
 @main.command("check-params")
 @click.argument("path", type=_FILE, default="params.yaml")
 def check_params(path: Path) -> None:
-    """Validate a params file; print its flattened keys."""
-    from seq2seq.params import load_params
+    """Validate a params file, its sizes against this machine too; print its flattened keys."""
+    from seq2seq.sizes import load_checked
 
-    for key, value in load_params(path).flat().items():
+    for key, value in load_checked(path).flat().items():
         click.echo(f"{key} = {value}")
 
 
@@ -74,12 +74,7 @@ def ui_url(port: int) -> None:
 
 
 @main.command()
-@click.option(
-    "--run-ref",
-    type=_EXISTING_FILE,
-    required=True,
-    help="The run reference the export stage wrote (make promote passes models/export/mlflow_run.json).",
-)
+@click.option("--run-ref", type=_EXISTING_FILE, required=True, help="The run reference export wrote.")
 def promote(run_ref: Path) -> None:
     """Register the run's model as `seq2seq`; move the alias `champion` to it only if it beats the champion."""
     from seq2seq.promotion import register_candidate
@@ -100,18 +95,23 @@ def promote(run_ref: Path) -> None:
     show_default=True,
     help="An export folder (models/export) or an MLflow model URI.",
 )
-@click.argument("source", type=click.File("r"), default="-")
+@click.argument("source", type=click.File("rb"), default="-")
 def predict(model_ref: str, source) -> None:
     """Predict one output per input line (SOURCE: a file, or stdin), tokens separated by spaces.
 
     Each prediction goes to stdout on its own line (empty for a refused line); problems go to stderr as
     `line N: ...`, and any refused line makes the exit code 1.
     """
-    from seq2seq.serving import open_predictor
+    from seq2seq.serving import Predictor
 
-    lines = [line.rstrip("\n") for line in source]
+    lines = [line.rstrip(b"\r\n") for line in source]  # bytes: a line that is not UTF-8 is refused alone
     try:
-        predictor = open_predictor(model_ref)
+        if Path(model_ref).is_dir():
+            predictor = Predictor(Path(model_ref))
+        else:  # an MLflow model URI
+            from seq2seq.tracking import registry
+
+            predictor = registry.load_predictor(model_ref)
     except (OSError, LookupError, ValueError) as err:  # InputError among them
         raise click.ClickException(f"cannot load the model {model_ref}: {err}") from None
     failed = 0

@@ -7,6 +7,7 @@ one, failing loudly on an unknown key, a missing key or a wrong type, and names 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
@@ -25,6 +26,11 @@ class ConfigError(ValueError):
 
 class StageError(RuntimeError):
     """A stage cannot go on (training diverged, out of memory); the message says what to change."""
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not log (a store it cannot open, a failed call); the message names the cause. Here, not in the
+    tracking package, so that the stages catch it without importing that package."""
 
 
 class ParamsError(ValueError):
@@ -47,6 +53,7 @@ def _check_type(value: Any, expected: Any, key: str) -> Any:
         require(
             isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}"
         )
+        require(math.isfinite(value), key, f"must be a finite number, got {value!r}")  # .inf fails an epoch later
         return float(value)
     if expected is int:
         require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")

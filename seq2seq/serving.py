@@ -48,8 +48,10 @@ class Predictor:
         except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail), not OSError or ValueError
             raise InputError(f"{export_dir / ONNX_FILE}: not a loadable ONNX model ({describe(err)})") from None
 
-    def encode(self, line: str) -> list[int]:
-        """Ids of one source line; ValueError naming the problem."""
+    def encode(self, line: str | bytes) -> list[int]:
+        """Ids of one source line (bytes: UTF-8); ValueError naming the problem."""
+        if isinstance(line, bytes):
+            line = line.decode()  # UnicodeDecodeError is a ValueError: this line is refused, the others predicted
         try:
             ids = self.vocab.encode(line)
         except KeyError as err:
@@ -60,7 +62,7 @@ class Predictor:
             raise ValueError(f"{len(ids)} tokens, the model takes at most {self.config['max_src_len']}")
         return ids
 
-    def predict(self, lines: list[str]) -> list[Prediction]:
+    def predict(self, lines: list[str] | list[bytes]) -> list[Prediction]:
         results: list[Prediction | None] = [None] * len(lines)
         rows, positions = [], []
         for i, line in enumerate(lines):
@@ -79,13 +81,3 @@ class Predictor:
             for i, ids in zip(positions[start : start + self.batch_size], out.tolist(), strict=True):
                 results[i] = Prediction(lines[i], self.vocab.decode(ids))
         return results  # type: ignore[return-value]
-
-
-def open_predictor(model_ref: str) -> Predictor:
-    """The Predictor of an export folder, or the one inside an MLflow model URI (`models:/seq2seq@champion`).
-    OSError, LookupError or ValueError (InputError among them) naming the problem."""
-    if Path(model_ref).is_dir():
-        return Predictor(Path(model_ref))
-    from seq2seq.tracking import registry  # only for a URI: serving a folder needs no mlflow
-
-    return registry.load_predictor(model_ref)

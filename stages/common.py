@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-from seq2seq.config import ConfigError, ParamsError, StageError
+from seq2seq.config import ConfigError, ParamsError, StageError, TrackingError
 from seq2seq.files import InputError
-from seq2seq.tracking import TrackingError
 
 
 class BadParams(click.ClickException):

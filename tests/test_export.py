@@ -104,6 +104,10 @@ def test_the_predictor_answers_each_line_in_order_refusing_only_the_bad_ones(tin
         (expected[1], None),
     ]
     assert Predictor(exported).predict([]) == []
+    # What `seq2seq predict` reads: bytes; a line that is not UTF-8 is refused alone
+    as_bytes = Predictor(exported).predict([good[0].encode(), b"\xff 1", good[1].encode()])
+    assert [r.prediction for r in as_bytes] == [expected[0], None, expected[1]]
+    assert "can't decode byte 0xff in position 0" in as_bytes[1].error
 
     # In chunks (memory stays bounded on a long file), the same answers in the same places.
     chunked = Predictor(exported)

@@ -17,6 +17,8 @@ BAD_CASES = [
     ("train", "lr", -0.1, "train.lr: must be > 0"),
     ("train", "clip", 0.0, "train.clip: must be > 0"),
     ("train", "lr", "fast", "train.lr: must be a number"),
+    ("train", "lr", float("inf"), "train.lr: must be a finite number, got inf"),  # failed after an epoch
+    ("train", "clip", float("nan"), "train.clip: must be a finite number, got nan"),
     ("train", "batch_size", 1.5, "train.batch_size: must be an integer"),
     ("train", "batch_size", True, "train.batch_size: must be an integer"),
     ("train", "device", "tpu", "train.device: must be one of"),
@@ -124,3 +126,41 @@ def test_apply_profile_reads_overrides_as_dvc_exp_run_does(tmp_path):
     result = CliRunner().invoke(main, ["apply-profile", "--params", str(path), "--set", "train.lr=1e-3"])
     assert result.exit_code == 0, result.output
     assert load_params(path).train.lr == 0.001 and "# the seed's sizes" in path.read_text()
+
+
+SIZES = [
+    # (section, key, value, the key named, what the message says it needs)
+    ("model", "hidden_dim", 1_000_000, "model.hidden_dim", "GiB to train at batch size"),
+    ("data", "num_symbols", 200_000_000, "data.num_symbols", "GiB to train at batch size"),
+    ("data", "n_train", 8_000_000_000, "data.n_train", "GiB to generate"),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value", "named", "needs"), SIZES)
+def test_sizes_the_machine_cannot_hold_are_refused(default_params, tmp_path, section, key, value, named, needs):
+    """They validate as numbers, then ended in a memory traceback or a generate that never finished: refused by
+    `seq2seq check-params` and the check stage, naming the key, what it needs and what the machine has."""
+    from seq2seq.cli import main
+    from seq2seq.sizes import load_checked
+
+    params = copy.deepcopy(default_params)
+    params[section][key] = value
+    path = _write(tmp_path, params)
+    load_params(path)  # valid as a value
+    with pytest.raises(ParamsError, match=rf"^{path}: {named}: .*{needs}.*; this machine has [\d.,]+ GiB of RAM$"):
+        load_checked(path)
+    result = CliRunner().invoke(main, ["check-params", str(path)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and named in result.output, result.output
+    out = tmp_path / "check.txt"
+    result = CliRunner().invoke(load_stage("check"), ["--params", str(path), "--out", str(out)])
+    assert result.exit_code == 2 and named in result.output and not out.exists(), result.output
+
+
+def test_the_default_and_the_seeds_sizes_fit_this_machine(default_params, tmp_path):
+    from seq2seq.sizes import load_checked
+
+    assert load_checked(_write(tmp_path, default_params)).model.hidden_dim == default_params["model"]["hidden_dim"]
+    seed = copy.deepcopy(default_params)
+    seed["model"].update(emb_dim=256, hidden_dim=512, num_layers=2, dropout=0.5)
+    seed["data"].update(num_symbols=996)
+    load_checked(_write(tmp_path, seed))

@@ -16,15 +16,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from seq2seq.config import TrackingError
 from seq2seq.files import InputError, read_json
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "seq2seq"
-
-
-class TrackingError(RuntimeError):
-    """MLflow could not log (a store it cannot open, a failed call); the message names the cause."""
 
 
 class RunUnavailable(TrackingError):
