@@ -49,8 +49,8 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	ruff format .
 
 ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1 (PORT, default 5000)
-	@uri="$$(seq2seq tracking-uri)"; case "$$uri" in http://*|https://*) \
-	  echo "MLFLOW_TRACKING_URI is a tracking server: its own UI is $$uri (nothing to serve here)"; exit 0;; esac; \
+	@uri="$${MLFLOW_TRACKING_URI:-$$(seq2seq tracking-uri)}"; case "$$uri" in http://*|https://*) \
+	  echo "MLFLOW_TRACKING_URI is a tracking server: its own UI is $$(seq2seq tracking-uri) (nothing to serve here)"; exit 0;; esac; \
 	echo "Runs table: $$(seq2seq ui-url --port $(PORT))"; \
 	mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT)
 

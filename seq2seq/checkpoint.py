@@ -78,10 +78,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Seq
     return model.to(device).eval(), vocab, payload
 
 
-def save_train_state(path: Path, state: dict[str, Any]) -> None:
-    """The resumable training state (see `train.fit`), written atomically: a kill never leaves half a file."""
+def save_train_state(path: Path, state: dict[str, Any], **checks: Any) -> None:
+    """The resumable training state (see `train.fit`) with what a rerun checks before resuming it (`checks`: the
+    fingerprint, the run id), written atomically: a kill never leaves half a file."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(state | checks, buffer)
     atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 

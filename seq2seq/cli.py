@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from seq2seq.config import ParamsError
+from seq2seq.config import ParamsError, redact
 
 
 class BadParams(click.ClickException):
@@ -56,10 +56,11 @@ def check_params(path: Path) -> None:
 
 @main.command("tracking-uri")
 def tracking_uri() -> None:
-    """Print the MLflow store this project logs to (MLFLOW_TRACKING_URI or the local SQLite default)."""
+    """Print the MLflow store this project logs to (MLFLOW_TRACKING_URI or the local SQLite default), without
+    the credentials a URI may hold."""
     from seq2seq.tracking import resolve_tracking_uri
 
-    click.echo(resolve_tracking_uri())
+    click.echo(redact(resolve_tracking_uri()))
 
 
 @main.command("ui-url")
@@ -172,7 +173,7 @@ def compare(
         raise click.BadParameter(f"{bad[0]!r} is not KEY=VALUE", param_hint="--tag")
     runs = registry.search_runs(dict(t.split("=", 1) for t in tags))
     if runs.empty:
-        raise click.ClickException(f"no finished runs in {tracking.resolve_tracking_uri()} match")
+        raise click.ClickException(f"no finished runs in {redact(tracking.resolve_tracking_uri())} match")
     try:
         table = variant_table(runs, sort_by, ascending)
     except KeyError as err:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from seq2seq.config import redact
 from seq2seq.files import atomic_write
 from seq2seq.plots import plt
 from seq2seq.promotion import TIE_BREAKER
@@ -204,6 +205,6 @@ def write_html(path: Path, table: pd.DataFrame, metric: str, param: str | None, 
     if param is not None and param not in table:
         raise KeyError(f"{param!r} is not a param that differs: {', '.join(params) or 'none'}")
     val_loss = registry.metric_histories(list(table["run_id"]), "val_loss")
-    notes = [f"store: {tracking.resolve_tracking_uri()}", f"{len(table)} runs, sorted by {sort_by}"]
+    notes = [f"store: {redact(tracking.resolve_tracking_uri())}", f"{len(table)} runs, sorted by {sort_by}"]
     page = variants_page(table, val_loss, metric, param, notes)
     atomic_write(path, lambda tmp: tmp.write_text(page))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
@@ -28,9 +29,20 @@ class StageError(RuntimeError):
     """A stage cannot go on (training diverged, out of memory); the message says what to change."""
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")  # the user:password@ of a URI
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URI in it (`http://user:TOKEN@host`) replaced by `***@`."""
+    return _CREDENTIALS.sub("***@", text)
+
+
 class TrackingError(RuntimeError):
-    """MLflow could not log (a store it cannot open, a failed call); the message names the cause. Here, not in the
-    tracking package, so that the stages catch it without importing that package."""
+    """MLflow could not log (a store it cannot open, a failed call); the message names the cause, never a
+    credential of the store's URI. Here, not in the tracking package: the stages catch it without importing that."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class ParamsError(ValueError):

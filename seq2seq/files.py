@@ -62,6 +62,14 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
 
 
+def _remove_leftovers(path: Path) -> None:
+    """The temp siblings of `path` that a killed writer left (SIGKILL runs no cleanup). Safe: DVC runs one stage of
+    a workspace at a time, and only that stage writes its outputs."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call write(tmp_path) on a sibling temp file, then rename it over `path`.
 
@@ -70,6 +78,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -91,6 +100,7 @@ def atomic_dir(path: Path, fill: Callable[[Path], Any]) -> None:
     """Call fill(tmp_dir) on a sibling temp folder, then swap it in for `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like any folder the user makes
     try:

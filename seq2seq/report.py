@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from seq2seq.config import redact
 from seq2seq.files import atomic_write
 from seq2seq.gate import Check, check_revision, table
 
@@ -98,7 +99,7 @@ def write(
         rev=rev,
         run_id=run_id,
         tags=registry.run_tags_of(run_id),
-        tracking_uri=tracking.resolve_tracking_uri(),
+        tracking_uri=redact(tracking.resolve_tracking_uri()),  # CI posts the report: no credential in it
         metrics_diff=dvc_diff("metrics", rev, baseline_file),
         params_diff=dvc_diff("params", rev, baseline_file),
         curves=draw_curves(history, by_length, out),

@@ -40,6 +40,9 @@ class Predictor:
         if not (export_dir / ONNX_FILE).is_file():
             raise FileNotFoundError(f"{export_dir} is not an export folder (no {ONNX_FILE}); run the export stage")
         self.config = read_json(export_dir / CONFIG_FILE, "export config")
+        limit = self.config.get("max_src_len") if isinstance(self.config, dict) else None
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:  # a hand-edited file, named here
+            raise InputError(f"{export_dir / CONFIG_FILE}: max_src_len: must be a positive integer, got {limit!r}")
         self.vocab = Vocab.load(export_dir / VOCAB_FILE)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are noise to a user

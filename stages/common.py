@@ -30,6 +30,8 @@ def stage(func):
         # ConfigError: params that do not fit the data; StageError: training diverged, out of memory
         except (InputError, TrackingError, ConfigError, StageError) as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:  # writing an output: a full disk, an unwritable folder (the inputs are InputError)
+            raise click.ClickException(f"{err.filename}: {err.strerror}" if err.filename else str(err)) from None
 
     return click.command()(run)
 

@@ -1,12 +1,11 @@
-"""Train stage: data/ + params.yaml [data, model, train, evaluate.max_extra_len] -> the best checkpoint, its
-metrics, timing, the per-epoch history, the MLflow run reference (`dvc exp show` lists the run id) and the
-resumable training state, saved after every epoch: after a kill, `dvc repro` resumes from the last complete epoch
-in the same MLflow run. Opens the pipeline's MLflow run. With `train.nproc > 1` it runs itself as nproc torchrun
-workers; rank 0 alone writes and logs."""
+"""Train stage: data/ + params [data, model, train, evaluate.max_extra_len] -> the best checkpoint, its metrics,
+timing and per-epoch history, the MLflow run reference, and the training state saved every epoch (a killed run
+resumes in the same MLflow run). With `train.nproc > 1` it runs itself as torchrun workers; rank 0 writes and logs."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -76,8 +75,9 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             if note:  # said once the run is open: resuming needs it
                 click.echo(note, err=True)
 
-            def save_state(epoch_state: dict) -> None:  # with what a rerun checks before resuming
-                save_train_state(out["state_path"], epoch_state | {"fingerprint": expected, "run_id": run.run_id})
+            # run_id waits for the answers due: asked once here, a store locked mid-training fails only at sync().
+            checks = {"fingerprint": expected, "run_id": run.run_id}
+            save_state = functools.partial(save_train_state, out["state_path"], **checks)
 
             def log(epoch: int, row: dict[str, float]) -> None:
                 run.log_metrics(row, step=epoch)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from click.testing import CliRunner
 
-from tests.helpers import ROOT, TINY, copy_repo, load_stage, stage_args
+from tests.helpers import ROOT, TINY, copy_repo, load_stage, set_params, stage_args
 
 
 def _invoke(stage: str, args: list[str]):
@@ -35,11 +34,9 @@ def _export_args(work: Path, out: Path) -> list[str]:
 def pipeline(tmp_path_factory) -> Path:
     """generate, train and evaluate on the tiny profile, in-process, with a SQLite store in the same folder."""
     work = tmp_path_factory.mktemp("pipeline")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    params["train"]["max_epochs"] = 2  # a state after epoch 1 then has an epoch left to train
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    set_params(work, **TINY)
+    set_params(work, train={"max_epochs": 2})  # a state after epoch 1 then has an epoch left to train
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         patch.setenv("DVC_ROOT", str(work))  # the store: work/mlflow.db, work/mlruns
@@ -295,3 +292,17 @@ def test_a_state_resumes_only_the_code_that_saved_it(tmp_path):
     with (tmp_path / "seq2seq" / "model.py").open("a") as model:
         model.write("# an edit\n")
     assert fingerprint(params, "data", copies, threads=2) != before
+
+
+@pytest.mark.slow
+def test_an_output_the_stage_cannot_write_is_one_line(tmp_path):
+    """A full disk or a folder it cannot write to (here: a file where the folder goes, which root cannot chmod
+    its way past either): one line naming the path, exit 1."""
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "metrics").write_text("a file, not a folder")
+    args = stage_args("generate", params, tmp_path / "out", tmp_path)
+    args[args.index("--metrics") + 1] = str(tmp_path / "metrics" / "data.json")
+    result = _invoke("generate", args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output == f"Error: {tmp_path / 'metrics'}: File exists\n"  # what mkdir says of it

@@ -131,6 +131,9 @@ def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path,
             run.log_metrics({"test_exact_match": 0.5})
     drawn = {}
     monkeypatch.setattr("seq2seq.compare.curves_png", lambda histories, metric: drawn.update(histories) or "")
+    # The page names the store: a URI with credentials (a server's, from a CI secret) is written without them
+    shown = "https://ci:S3CRET@mlflow.example.com"
+    monkeypatch.setattr(tracking, "resolve_tracking_uri", lambda: shown)
     args = ["compare", "--tag", "note=it's a \\ test", "--format", "json", "--html", str(tmp_path / "r.html")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -138,6 +141,8 @@ def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path,
     assert [row["run"] for row in rows] == ["same", "same"]
     assert sorted(drawn) == sorted(f"same ({row['run_id'][:8]})" for row in rows)
     assert sorted(list(h["value"]) for h in drawn.values()) == [[0.8, 0.2], [1.0, 0.5]]
+    page = (tmp_path / "r.html").read_text()
+    assert "store: https://***@mlflow.example.com" in page and "S3CRET" not in page
 
 
 def test_the_report_axis_must_be_a_column_of_the_table(tmp_path):

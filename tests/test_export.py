@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+
 import pytest
 import torch
 
 from seq2seq.export import ExportConfig, trace, write_export
+from seq2seq.files import InputError
 from seq2seq.model import Seq2Seq, sequence_loss
 from seq2seq.serving import Predictor
 from tests.helpers import tiny_model_config
@@ -132,3 +137,28 @@ def test_the_exported_graph_does_not_grow_with_the_limits(tiny_dataset, model):
         return sum(len(module.graph.nodes) for module in program.graph_module.modules())  # scan bodies included
 
     assert nodes(4, 4) == nodes(16, 24)
+
+
+def test_the_served_model_refuses_what_its_signature_does_not_take(exported, tmp_path):
+    """`mlflow models serve` answers 400 naming the row: a number or a null where a string goes (MLflow let them
+    through: 200 for `[[3]]`, "unknown token 'None'"), and a request too large to answer in time."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from seq2seq.tracking.pyfunc_model import MAX_ROWS, Seq2SeqModel
+
+    served = Seq2SeqModel()
+    served.predictor = Predictor(exported)
+    assert served.predict(None, pd.DataFrame({"source": ["1 2 3"]}))["prediction"].tolist()[0]
+    for rows, said in (([3], "row 0: not a string (3)"), (["1 2", None], "row 1: not a string (null)")):
+        with pytest.raises(MlflowException, match=re.escape(said)) as err:
+            served.predict(None, pd.DataFrame({"source": rows}))
+        assert err.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match=f"{MAX_ROWS + 1} rows; at most {MAX_ROWS} a request"):
+        served.predict(None, pd.DataFrame({"source": ["1"] * (MAX_ROWS + 1)}))
+
+    edited = tmp_path / "export"
+    shutil.copytree(exported, edited)
+    (edited / "export.json").write_text(json.dumps({"max_src_len": "40"}))
+    with pytest.raises(InputError, match=re.escape(f"{edited / 'export.json'}: max_src_len: must be a positive")):
+        Predictor(edited)

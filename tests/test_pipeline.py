@@ -165,6 +165,9 @@ def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
         assert [row["prediction"] for row in json.loads(body)["predictions"]] == local.splitlines()
         status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["1 x"]]}})
         assert status == 400 and "unknown token 'x'" in body
+        for rows, said in (([[3]], "row 0: not a string (3)"), ([["1 2"], [None]], "row 1: not a string (null)")):
+            status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": rows}})
+            assert status == 400 and said in body, (status, body)  # MLflow itself let both through (200)
         status, body = _post(url, {"not_a_format": []})
         assert 400 <= status < 500 and body
 

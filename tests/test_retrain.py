@@ -177,6 +177,8 @@ def test_report_command_writes_the_page_and_its_curves(tmp_path, monkeypatch, de
     from seq2seq.tracking import registry
 
     monkeypatch.setattr(registry, "run_tags_of", lambda run_id: {"dvc_exp_name": f"exp-of-{run_id}"})
+    # CI fills the URI from a secret and posts the report: its credentials must not be in it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://ci:S3CRET@mlflow.example.com")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(default_params))
     (tmp_path / "eval.json").write_text(json.dumps({**GOOD, "test": {**GOOD["test"], "exact_match": 0.5}}))
     (tmp_path / "baseline.json").write_text(json.dumps(GOOD))
@@ -193,7 +195,8 @@ def test_report_command_writes_the_page_and_its_curves(tmp_path, monkeypatch, de
     assert result.exit_code == 0 and f"report: {out}" in result.output, result.output
     page = out.read_text()
     assert f"- Gate: **failed** (baseline: {tmp_path / 'baseline.json'})" in page
-    assert "- MLflow run: `abc123` in `" in page and "- DVC experiment: exp-of-abc123" in page
+    assert "- MLflow run: `abc123` in `https://***@mlflow.example.com`" in page and "S3CRET" not in page
+    assert "- DVC experiment: exp-of-abc123" in page
     assert "| test.exact_match | 0.95 | 0.5 |" in page and "FAIL" in page
     assert page.count(f"(the baseline is {tmp_path / 'baseline.json'}, not a git rev)") == 2
     for image in ("retrain_loss.png", "retrain_by_length.png"):

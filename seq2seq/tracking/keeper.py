@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from seq2seq.tracking.runs import Run, ending, open_run
-from seq2seq.tracking.store import TrackingError, open_store, resolve_tracking_uri
+from seq2seq.tracking.store import TrackingError, cause, open_store, resolve_tracking_uri
 
 CALLS = (
     "log_params",
@@ -161,7 +161,9 @@ def _warm_up(env: Mapping[str, str]) -> tuple | None:
 
 
 def _error(err: Exception, name: str) -> TrackingError:
-    return err if isinstance(err, TrackingError) else TrackingError(f"MLflow: {name}: {type(err).__name__}: {err}")
+    """The error sent back to the stage: one line naming the store and the call."""
+    uri = resolve_tracking_uri()
+    return err if isinstance(err, TrackingError) else TrackingError(f"MLflow store {uri}: {name}: {cause(err)}")
 
 
 def serve() -> None:

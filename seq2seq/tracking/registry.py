@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from seq2seq.tracking.runs import MODEL_URI_TAG
-from seq2seq.tracking.store import active_run, experiment_id_of, open_store, resolve_tracking_uri
+from seq2seq.tracking.store import active_run, experiment_id_of, open_store, resolve_tracking_uri, store_errors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,6 +18,7 @@ CHAMPION = "champion"
 __all__ = ["CHAMPION", "REGISTERED_MODEL", "experiment_id_of"]
 
 
+@store_errors
 def load_predictor(model_uri: str, env: Mapping[str, str] = os.environ) -> Any:
     """The Predictor inside a logged or registered pyfunc (`models:/seq2seq@champion`, `runs:/...`)."""
     import mlflow.pyfunc
@@ -30,12 +31,14 @@ def load_predictor(model_uri: str, env: Mapping[str, str] = os.environ) -> Any:
         raise LookupError(err.message) from None
 
 
+@store_errors
 def run_metrics(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, float]:
     """A run's latest metric values; RunUnavailable if the store does not hold the run or it was deleted."""
     client, _ = open_store(env)
     return dict(active_run(client, run_id, resolve_tracking_uri(env)).data.metrics)
 
 
+@store_errors
 def champion(env: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
     """(version, run id) of the model version holding the champion alias, or None."""
     from mlflow.exceptions import MlflowException
@@ -48,6 +51,7 @@ def champion(env: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
     return mv.version, mv.run_id
 
 
+@store_errors
 def register(run_id: str, env: Mapping[str, str] = os.environ) -> str:
     """Register the run's pyfunc under REGISTERED_MODEL (once: a second call returns the same version)."""
     import mlflow
@@ -62,11 +66,13 @@ def register(run_id: str, env: Mapping[str, str] = os.environ) -> str:
     return mlflow.register_model(model_uri, REGISTERED_MODEL).version
 
 
+@store_errors
 def set_champion(version: str, env: Mapping[str, str] = os.environ) -> None:
     client, _ = open_store(env)
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
 
 
+@store_errors
 def search_runs(tags: Mapping[str, str] | None = None, env: Mapping[str, str] = os.environ) -> pd.DataFrame:
     """The project experiment's runs (FINISHED only) as MLflow's DataFrame, optionally filtered by tag values."""
     import mlflow
@@ -81,6 +87,7 @@ def search_runs(tags: Mapping[str, str] | None = None, env: Mapping[str, str] = 
     return runs.reset_index(drop=True)
 
 
+@store_errors
 def metric_histories(run_ids: list[str], key: str, env: Mapping[str, str] = os.environ) -> dict[str, pd.DataFrame]:
     """run id -> DataFrame(step, value) of one metric."""
     import pandas as pd
@@ -93,6 +100,7 @@ def metric_histories(run_ids: list[str], key: str, env: Mapping[str, str] = os.e
     return histories
 
 
+@store_errors
 def link_experiments(links: list[dict[str, str]], env: Mapping[str, str] = os.environ) -> int:
     """Tag each run (and the runs continuing it) with its DVC experiment's name and commit; returns the count."""
     client, experiment_id = open_store(env)
@@ -106,6 +114,7 @@ def link_experiments(links: list[dict[str, str]], env: Mapping[str, str] = os.en
     return tagged
 
 
+@store_errors
 def run_tags_of(run_id: str, env: Mapping[str, str] = os.environ) -> dict[str, str]:
     client, _ = open_store(env)
     return dict(client.get_run(run_id).data.tags)

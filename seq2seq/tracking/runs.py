@@ -21,6 +21,7 @@ from seq2seq.tracking.store import (
     RunUnavailable,
     TrackingError,
     active_run,
+    cause,
     open_store,
     read_run_reference,
     resolve_tracking_uri,
@@ -123,7 +124,12 @@ class Run:
         self.monitor(False)
         if status == "FINISHED":
             self.set_tags({f"{STAGE_TAG}.{self.stage}": "done"})
-        self.client.set_terminated(self.run_id, status=status)
+        for attempt in range(3):  # a store locked (20 s a try) or down for a while: a run must not stay RUNNING
+            try:
+                return self.client.set_terminated(self.run_id, status=status)
+            except Exception:
+                if attempt == 2:
+                    raise
 
     def end_if_owned(self) -> None:
         """KILLED, unless another stage has reopened the run since (a rerun's run is alive) or it is closed."""
@@ -157,10 +163,7 @@ def open_run(
     from mlflow.exceptions import MlflowException
 
     uri, owner = resolve_tracking_uri(env), uuid.uuid4().hex
-    try:
-        client, experiment_id = store or open_store(env)
-    except Exception as err:  # an unusable store: a wrong URI, an unreachable server, a folder where a file goes
-        raise TrackingError(f"MLflow: {type(err).__name__}: {err}") from None
+    client, experiment_id = store or open_store(env)
     run_id = read_run_reference(reference) if reference else resume and resume[0]
     try:
         previous = active_run(client, run_id, uri) if run_id else None
@@ -174,7 +177,7 @@ def open_run(
         retrain = "retrain to track it here" if err.missing else f"{err.remedy()}retrain"
         raise TrackingError(f"{reference} names MLflow {err}; {retrain} (dvc repro --force train)") from None
     except MlflowException as err:
-        raise TrackingError(f"MLflow: {err}") from None
+        raise TrackingError(f"MLflow store {uri}: {cause(err)}") from None
     if previous is not None and not (reference and f"{STAGE_TAG}.{stage}" in previous.data.tags):
         client.set_tag(run_id, OWNER_TAG, owner)
         client.update_run(run_id, status="RUNNING")

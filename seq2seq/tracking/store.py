@@ -9,19 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import TrackingError
+from seq2seq.config import TrackingError, redact
 from seq2seq.files import InputError, read_json
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "seq2seq"
+# MLflow retries a failed HTTP request 7 times with a growing backoff, 120 s a try: a stage or command learned that
+# the server was down after 260 s. Bounded (a user's own settings win): 4 s against a refused port, about 30 s
+# against one that never answers. SQLite waits out a lock for 20 s itself (MLflow's busy_timeout).
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+}
 
 
 class RunUnavailable(TrackingError):
@@ -86,7 +97,9 @@ def describe_variant(baseline: str, params_path: Path) -> str:
     from seq2seq.gate import flatten
     from seq2seq.params import read_yaml
 
-    shown = subprocess.run(["git", "show", f"{baseline}:{params_path}"], capture_output=True, text=True)
+    shown = subprocess.run(
+        ["git", "show", "--end-of-options", f"{baseline}:{params_path}"], capture_output=True, text=True
+    )
     if shown.returncode != 0:
         return f"params.yaml against {baseline[:7]}: not readable there"
     before, now = flatten(read_yaml(shown.stdout) or {}), flatten(read_yaml(params_path.read_text()) or {})
@@ -109,21 +122,69 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
+def cause(err: BaseException) -> str:
+    """One line for a store's error: the database's own message rather than SQLAlchemy's SQL and links, the
+    socket's rather than urllib3's retry story."""
+    orig = getattr(err, "orig", None) or getattr(err.__cause__, "orig", None)  # a DBAPIError's driver error
+    text = str(orig if orig is not None else getattr(err, "message", err)).strip()
+    text = (text.splitlines() or [""])[0].removeprefix("(sqlite3.OperationalError) ")
+    errno = re.search(r"\[Errno -?\d+\] [^\")]+", text)
+    return redact(errno.group(0).rstrip("'") if errno else text[:300])
+
+
+class _Reraised(logging.Filter):
+    """MLflow logs a database error with its traceback, then raises it: the raise is reported, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def store_errors(func):
+    """`func` with the store's failures (MLflow's, the database's, the artifact folder's) as one TrackingError line
+    naming the store, not a traceback; other exceptions (bugs) go through as they are."""
+
+    @functools.wraps(func)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return func(*args, **kwargs)
+        except (MlflowException, SQLAlchemyError, OSError) as err:
+            raise TrackingError(f"MLflow store {resolve_tracking_uri()}: {cause(err)}") from None
+
+    return wrapped
+
+
+_RERAISED = _Reraised()
+
+
 def open_store(env: Mapping[str, str] = os.environ) -> tuple[Any, str]:
-    """(MlflowClient, the project experiment's id), creating the experiment (and a SQLite DB) on first use."""
+    """(MlflowClient, the project experiment's id), creating the experiment (and a SQLite DB) on first use;
+    TrackingError naming the store and the cause when it cannot be used."""
     if not sys.stderr.isatty():  # artifact progress bars are noise in DVC's and CI's logs
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for var, value in HTTP_LIMITS.items():
+        os.environ.setdefault(var, value)
+    logging.getLogger("mlflow.store.db.utils").addFilter(_RERAISED)
+    uri = resolve_tracking_uri(env)
+    try:
+        return _open(uri, experiment_name(env), resolve_artifact_location(env))
+    except Exception as err:  # a wrong URI, a server down, a read-only or corrupt DB, a folder where a file goes
+        raise TrackingError(f"MLflow store {uri}: {cause(err)}") from None
+
+
+def _open(uri: str, name: str, artifact_location: str | None) -> tuple[Any, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri, name = resolve_tracking_uri(env), experiment_name(env)
     with _store_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)  # creates and migrates a SQLite DB on first contact
         if experiment:
             return client, experiment.experiment_id
         try:
-            return client, client.create_experiment(name, artifact_location=resolve_artifact_location(env))
+            return client, client.create_experiment(name, artifact_location=artifact_location)
         except MlflowException as err:  # a server's other client created it first (no file lock across machines)
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
