@@ -141,7 +141,7 @@ def link(run_ref_file: str) -> None:
 
 @main.command()
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
-@click.option("--sort-by", default="test_exact_match", show_default=True)
+@click.option("--sort-by", default="test/exact_match", show_default=True)
 @click.option(
     "--ascending/--descending",
     default=None,
@@ -149,7 +149,7 @@ def link(run_ref_file: str) -> None:
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 @click.option("--html", "html_path", type=_FILE, help="Also write a report.")
-@click.option("--metric", default="test_exact_match", show_default=True, help="The report's metric-vs-param plot.")
+@click.option("--metric", default="test/exact_match", show_default=True, help="The report's metric-vs-param plot.")
 @click.option("--param", default=None, help="The report's x axis (default: the first param that differs).")
 def compare(
     tags: tuple[str, ...],

@@ -20,11 +20,11 @@ from seq2seq.plots import plt
 from seq2seq.promotion import TIE_BREAKER
 
 KEY_METRICS = (
-    "test_exact_match",
-    "test_long_exact_match",
-    "test_bleu",
-    "test_loss",
-    "best_epoch",
+    "test/exact_match",
+    "test_long/exact_match",
+    "test/bleu",
+    "test/loss",
+    "summary/best_epoch",
 )
 FORMATS = ("table", "md", "csv", "json")
 
@@ -189,7 +189,7 @@ def variants_page(
         f"{name} ({rid[:8]})" if dup else name
         for name, rid, dup in zip(table["run"], table["run_id"], shared, strict=True)
     ]
-    curves = curves_png(dict(zip(labels, (val_loss[rid] for rid in table["run_id"]), strict=True)), "val_loss")
+    curves = curves_png(dict(zip(labels, (val_loss[rid] for rid in table["run_id"]), strict=True)), "val/loss")
     scatter = scatter_png(table, metric, param) if param and metric in table else None
     return html_report(table, curves, scatter, "Seq2Seq variants", notes)
 
@@ -204,7 +204,7 @@ def write_html(path: Path, table: pd.DataFrame, metric: str, param: str | None, 
     param = param or (params[0] if params else None)
     if param is not None and param not in table:
         raise KeyError(f"{param!r} is not a param that differs: {', '.join(params) or 'none'}")
-    val_loss = registry.metric_histories(list(table["run_id"]), "val_loss")
+    val_loss = registry.metric_histories(list(table["run_id"]), "val/loss")
     notes = [f"store: {redact(tracking.resolve_tracking_uri())}", f"{len(table)} runs, sorted by {sort_by}"]
     page = variants_page(table, val_loss, metric, param, notes)
     atomic_write(path, lambda tmp: tmp.write_text(page))

@@ -174,14 +174,14 @@ def write_export(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path,
 
 def read_metrics(train_metrics: Path, eval_metrics: Path) -> tuple[dict, dict]:
     """What the model card shows: the train stage's metrics (metric -> value) and the evaluate stage's, flattened
-    to split_metric -> value; InputError naming a file that is not what it should be."""
+    to split/metric -> value (MLflow's names); InputError naming a file that is not what it should be."""
     evaluation = read_json(eval_metrics, "metrics file")
     if not isinstance(evaluation, dict) or not all(isinstance(v, dict) for v in evaluation.values()):
         raise InputError(f"{eval_metrics}: not the evaluate stage's metrics (split -> metric -> value)")
     training = read_json(train_metrics, "metrics file")
     if not isinstance(training, dict):
         raise InputError(f"{train_metrics}: not the train stage's metrics (metric -> value)")
-    return training, {f"{split}_{k}": v for split, values in evaluation.items() for k, v in values.items()}
+    return training, {f"{split}/{k}": v for split, values in evaluation.items() for k, v in values.items()}
 
 
 def model_card(params_flat: dict, train_metrics: dict, eval_metrics: dict, cfg: ExportConfig) -> str:

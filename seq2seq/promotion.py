@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-KEY_METRIC = "test_exact_match"  # higher is better
-TIE_BREAKER = "test_loss"  # lower is better
+KEY_METRIC = "test/exact_match"  # higher is better
+TIE_BREAKER = "test/loss"  # lower is better
 
 
 @dataclass(frozen=True)

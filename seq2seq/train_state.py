@@ -91,9 +91,12 @@ class FitResult:
     def best_metrics(self) -> dict[str, float]:
         return self.history_rows()[self.best_epoch - 1]
 
+    def counts(self) -> dict[str, int]:
+        return {"best_epoch": self.best_epoch, "epochs_run": len(self.history)}
+
     def summary(self) -> dict[str, float]:
         """The best epoch's metrics and the epoch counts (the train stage's metrics file)."""
-        return self.best_metrics() | {"best_epoch": self.best_epoch, "epochs_run": len(self.history)}
+        return self.best_metrics() | self.counts()
 
     def timing(self) -> dict[str, float]:
         """The epochs' training time in all (validation excluded), and the tokens per second over it."""

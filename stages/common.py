@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -51,6 +52,13 @@ def output_path(flag: str, dest: str, directory: bool = False):
     """A required option naming a file (or folder) that a stage writes."""
     kind = click.Path(path_type=Path, file_okay=not directory, dir_okay=directory)
     return click.option(flag, dest, type=kind, required=True)
+
+
+def sectioned(metrics: Mapping[str, float], section: str = "train") -> dict[str, float]:
+    """MLflow names, which its chart view groups by the part before `/`: `val_loss` -> `val/loss`, and a name of
+    no section of its own into `section` (`lr` -> `train/lr`)."""
+    split = {key: key.partition("_") for key in metrics}
+    return {f"{p}/{r}" if p in ("train", "val") else f"{section}/{k}": metrics[k] for k, (p, _, r) in split.items()}
 
 
 def command_line(module: str) -> list[str]:

@@ -51,7 +51,7 @@ def main(params_path: Path, data_dir: Path, checkpoint_path: Path, run_ref: Path
 
         with keeper.run("evaluate", reference=run_ref, inherit=("data", "model", "train")) as run:
             run.log_params(params.flat("evaluate"))
-            run.log_metrics({f"{split}_{k}": v for split, r in results.items() for k, v in r.metrics.items()})
+            run.log_metrics({f"{split}/{k}": v for split, r in results.items() for k, v in r.metrics.items()})
             run.log_table(results["test"].predictions.head(cfg.n_samples), "predictions/test_samples.json")
             with tempfile.TemporaryDirectory() as tmp:
                 plots = [Path(tmp) / "exact_match_by_length.png", Path(tmp) / "loss_curves.png"]

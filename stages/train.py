@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from seq2seq import tracking
-from stages.common import command_line, input_path, output_path, params_option, stage
+from stages.common import command_line, input_path, output_path, params_option, sectioned, stage
 
 SECTIONS = ("data", "model", "train")
 
@@ -80,7 +80,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             save_state = functools.partial(save_train_state, out["state_path"], **checks)
 
             def log(epoch: int, row: dict[str, float]) -> None:
-                run.log_metrics(row, step=epoch)
+                run.log_metrics(sectioned(row), step=epoch)
                 click.echo(f"epoch {epoch:3d}  " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), err=True)
 
             run.monitor(params.train.system_metrics)
@@ -92,7 +92,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             peak = distributed.peak_memory(device)
             save_training(result, model, vocab, out, {"device": str(device), "processes": ctx.world} | peak)
             # The summary a variant is compared on; the best epoch's values are in the curves, at its step.
-            run.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history)} | peak)
+            run.log_metrics(sectioned(result.counts() | peak, "summary"))
     click.echo(f"best epoch {result.best_epoch}: {result.best_metrics()['val_exact_match']:.4f} val exact match")
 
 

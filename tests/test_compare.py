@@ -22,18 +22,18 @@ def _runs() -> pd.DataFrame:
             "params.model.hidden_dim": ["64", "128", "64"],
             "params.train.lr": ["0.001", "0.001", "0.003"],
             "params.data.task": ["reverse"] * 3,  # the same everywhere: left out
-            "metrics.test_exact_match": [0.9, 0.95, 0.9],
-            "metrics.test_loss": [0.2, 0.1, 0.15],
+            "metrics.test/exact_match": [0.9, 0.95, 0.9],
+            "metrics.test/loss": [0.2, 0.1, 0.15],
         }
     )
 
 
 def test_table_keeps_differing_params_and_sorts():
-    table = variant_table(_runs(), "test_exact_match")
-    assert list(table.columns) == ["run", "run_id", "model.hidden_dim", "train.lr", "test_exact_match", "test_loss"]
+    table = variant_table(_runs(), "test/exact_match")
+    assert list(table.columns) == ["run", "run_id", "model.hidden_dim", "train.lr", "test/exact_match", "test/loss"]
     assert list(table["run"]) == ["big", "fast", "small"]  # best first; a tie goes to the lower test loss
-    assert list(variant_table(_runs(), "test_loss")["run"]) == ["big", "fast", "small"]  # a loss: lowest first
-    assert list(variant_table(_runs(), "test_loss", ascending=False)["run"]) == ["small", "fast", "big"]
+    assert list(variant_table(_runs(), "test/loss")["run"]) == ["big", "fast", "small"]  # a loss: lowest first
+    assert list(variant_table(_runs(), "test/loss", ascending=False)["run"]) == ["small", "fast", "big"]
     with pytest.raises(KeyError, match="cannot sort by 'bleu'"):
         variant_table(_runs(), "bleu")
 
@@ -49,16 +49,16 @@ def test_numeric_params_sort_as_numbers_and_unnamed_runs_show_their_id():
 
 
 def test_formats():
-    table = variant_table(_runs(), "test_exact_match")
+    table = variant_table(_runs(), "test/exact_match")
     assert (
         render(table, "md").splitlines()[0]
-        == "| run | run_id | model.hidden_dim | train.lr | test_exact_match | test_loss |"
+        == "| run | run_id | model.hidden_dim | train.lr | test/exact_match | test/loss |"
     )
     assert render(table, "md").splitlines()[2] == "| big | b | 128 | 0.001 | 0.95 | 0.1 |"
     assert pd.read_csv(io.StringIO(render(table, "csv")))["run"].tolist() == ["big", "fast", "small"]
     assert json.loads(render(table, "json"))[0] == {
-        "run": "big", "run_id": "b", "model.hidden_dim": "128", "train.lr": "0.001", "test_exact_match": 0.95,
-        "test_loss": 0.1,
+        "run": "big", "run_id": "b", "model.hidden_dim": "128", "train.lr": "0.001", "test/exact_match": 0.95,
+        "test/loss": 0.1,
     }  # fmt: skip
     assert "big" in render(table, "table")
 
@@ -92,8 +92,8 @@ def store(tmp_path_factory):
         with tracking.ending(tracking.open_run("train", env={**env, "DVC_EXP_NAME": name})) as run:
             run.log_params({"train.lr": lr, "model.hidden_dim": hidden, "data.task": "reverse"})
             for epoch, loss in enumerate(losses, start=1):
-                run.log_metrics({"val_loss": loss}, step=epoch)
-            run.log_metrics({"test_exact_match": exact, "test_loss": losses[-1]})
+                run.log_metrics({"val/loss": loss}, step=epoch)
+            run.log_metrics({"test/exact_match": exact, "test/loss": losses[-1]})
     with pytest.raises(RuntimeError), tracking.ending(tracking.open_run("train", env=env)):
         raise RuntimeError("failed runs are not variants")
     return root
@@ -107,7 +107,7 @@ def test_compare_reads_the_store(store, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(io.StringIO(result.stdout))
     assert table["run"].tolist() == ["wide", "quick", "slow"]  # FINISHED only, best test exact match first
-    assert set(table.columns) == {"run", "run_id", "model.hidden_dim", "train.lr", "test_exact_match", "test_loss"}
+    assert set(table.columns) == {"run", "run_id", "model.hidden_dim", "train.lr", "test/exact_match", "test/loss"}
     page = report.read_text()
     assert page.count('src="data:image/png;base64,') == 2 and "<script" not in page and "http" not in page
 
@@ -127,8 +127,8 @@ def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path,
             run.log_params({"train.lr": lr})
             run.set_tags({"note": "it's a \\ test"})
             for epoch, loss in enumerate(losses, start=1):
-                run.log_metrics({"val_loss": loss}, step=epoch)
-            run.log_metrics({"test_exact_match": 0.5})
+                run.log_metrics({"val/loss": loss}, step=epoch)
+            run.log_metrics({"test/exact_match": 0.5})
     drawn = {}
     monkeypatch.setattr("seq2seq.compare.curves_png", lambda histories, metric: drawn.update(histories) or "")
     # The page names the store: a URI with credentials (a server's, from a CI secret) is written without them
@@ -148,9 +148,9 @@ def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path,
 def test_the_report_axis_must_be_a_column_of_the_table(tmp_path):
     from seq2seq.compare import write_html
 
-    table = variant_table(_runs(), "test_exact_match")
+    table = variant_table(_runs(), "test/exact_match")
     with pytest.raises(KeyError, match=r"'bleu' is not a param that differs: model\.hidden_dim, train\.lr"):
-        write_html(tmp_path / "r.html", table, "test_exact_match", "bleu", "test_exact_match")
+        write_html(tmp_path / "r.html", table, "test/exact_match", "bleu", "test/exact_match")
     assert not (tmp_path / "r.html").exists()
 
 
@@ -161,12 +161,12 @@ def test_ties_on_the_sort_key_go_to_the_lower_test_loss():
             "run_id": ["a", "b", "c"],
             "tags.mlflow.runName": ["worst", "best", "middle"],
             "params.train.lr": ["0.1", "0.003", "0.01"],
-            "metrics.test_exact_match": [1.0, 1.0, 1.0],
-            "metrics.test_loss": [0.3, 0.01, 0.1],
+            "metrics.test/exact_match": [1.0, 1.0, 1.0],
+            "metrics.test/loss": [0.3, 0.01, 0.1],
         }
     )
-    assert variant_table(runs, "test_exact_match")["run"].tolist() == ["best", "middle", "worst"]
-    assert variant_table(runs, "test_loss", ascending=False)["run"].tolist() == ["worst", "middle", "best"]
+    assert variant_table(runs, "test/exact_match")["run"].tolist() == ["best", "middle", "worst"]
+    assert variant_table(runs, "test/loss", ascending=False)["run"].tolist() == ["worst", "middle", "best"]
 
 
 def test_ui_url_opens_the_runs_table_in_the_model_training_view(store, monkeypatch):

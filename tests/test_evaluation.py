@@ -108,8 +108,8 @@ def _cfg(beam_size: int) -> EvaluateConfig:
 
 
 def test_evaluate_reports_token_weighted_metrics_and_aligned_predictions(stub_split):
-    """The figures the gate and promotion read (test_exact_match, test_loss), on a split whose batches differ in size
-    and token count, against values worked out by hand from the stub's known outputs."""
+    """The figures the gate and promotion read (test/exact_match, test/loss in MLflow), on a split whose batches
+    differ in size and token count, against values worked out by hand from the stub's known outputs."""
     vocab, data = stub_split
     model = StubModel(vocab, GREEDY)
     result = evaluation.evaluate(model, data, vocab, _cfg(beam_size=1), torch.device("cpu"))
@@ -208,11 +208,11 @@ def test_beam_of_one_is_greedy_and_wider_beams_score_at_least_as_high(trained):
 @pytest.mark.parametrize(
     ("candidate", "champion", "promote", "reason"),
     [
-        ({"test_exact_match": 0.9, "test_loss": 0.2}, None, True, "no champion yet"),
-        ({"test_exact_match": 0.95, "test_loss": 0.3}, {"test_exact_match": 0.9, "test_loss": 0.1}, True, "beats"),
-        ({"test_exact_match": 0.8, "test_loss": 0.01}, {"test_exact_match": 0.9, "test_loss": 0.1}, False, "not beat"),
-        ({"test_exact_match": 0.9, "test_loss": 0.05}, {"test_exact_match": 0.9, "test_loss": 0.1}, True, "ties"),
-        ({"test_exact_match": 0.9, "test_loss": 0.1}, {"test_exact_match": 0.9, "test_loss": 0.1}, False, "not below"),
+        ({"test/exact_match": 0.9, "test/loss": 0.2}, None, True, "no champion yet"),
+        ({"test/exact_match": 0.95, "test/loss": 0.3}, {"test/exact_match": 0.9, "test/loss": 0.1}, True, "beats"),
+        ({"test/exact_match": 0.8, "test/loss": 0.01}, {"test/exact_match": 0.9, "test/loss": 0.1}, False, "not beat"),
+        ({"test/exact_match": 0.9, "test/loss": 0.05}, {"test/exact_match": 0.9, "test/loss": 0.1}, True, "ties"),
+        ({"test/exact_match": 0.9, "test/loss": 0.1}, {"test/exact_match": 0.9, "test/loss": 0.1}, False, "not below"),
     ],
 )
 def test_promotion_rule(candidate, champion, promote, reason):
@@ -221,5 +221,5 @@ def test_promotion_rule(candidate, champion, promote, reason):
 
 
 def test_promotion_needs_test_metrics():
-    with pytest.raises(KeyError, match="candidate run has no test_exact_match"):
-        decide({"test_loss": 0.1}, None)
+    with pytest.raises(KeyError, match="candidate run has no test/exact_match"):
+        decide({"test/loss": 0.1}, None)

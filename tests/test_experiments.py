@@ -68,7 +68,7 @@ def _assert_one_run_with_a_loadable_model(client, name: str) -> None:
     assert len(runs) == 1, f"{name}: {len(runs)} runs"
     run_ = runs[0]
     assert run_.info.status == "FINISHED" and run_.data.tags["dvc_exp_name"] == name
-    assert {"test_exact_match", "best_epoch", "val_loss"} <= set(run_.data.metrics)
+    assert {"test/exact_match", "summary/best_epoch", "val/loss"} <= set(run_.data.metrics)
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(run_.data.tags["model_uri"])
     assert len(model.predict(pd.DataFrame({"source": ["1 2 3"]}))) == 1

@@ -54,4 +54,4 @@ def test_a_failed_training_exits_1_writes_nothing_and_fails_the_run(tmp_path, mo
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs([tracking.experiment_id_of(env)])
     assert [run.info.status for run in runs] == ["FAILED"]
-    assert runs[0].data.metrics["train_loss"] == 1.0  # the good epoch was logged
+    assert runs[0].data.metrics["train/loss"] == 1.0  # the good epoch was logged

@@ -14,7 +14,7 @@ def test_a_candidate_is_weighed_against_the_champion_and_registered(tmp_path, mo
     alias moves only when it wins and is not the champion already, and nothing is registered on an error."""
     ref = tmp_path / "run.json"
     ref.write_text('{"run_id": "new"}')
-    metrics = {"new": {"test_exact_match": 0.9, "test_loss": 0.2}, "old": {"test_exact_match": 0.8, "test_loss": 0.1}}
+    metrics = {"new": {"test/exact_match": 0.9, "test/loss": 0.2}, "old": {"test/exact_match": 0.8, "test/loss": 0.1}}
     registered = []
     monkeypatch.setattr(registry, "run_metrics", lambda run_id: metrics[run_id])
     monkeypatch.setattr(registry, "champion", lambda: ("1", "old"))
@@ -22,11 +22,11 @@ def test_a_candidate_is_weighed_against_the_champion_and_registered(tmp_path, mo
     candidacy = promotion.register_candidate(ref)
     assert registered == ["new"] and candidacy.moves_alias and not candidacy.is_champion
     assert candidacy.summary().splitlines()[1:] == [
-        "test_exact_match            0.9          0.8",
-        "test_loss                   0.2          0.1",
+        "test/exact_match            0.9          0.8",
+        "test/loss                   0.2          0.1",
         "candidate: version 2 (run new); champion: version 1 (run old)",
     ]
-    assert candidacy.verdict("m@a") == "promoted: test_exact_match 0.9000 beats the champion's 0.8000; m@a -> version 2"
+    assert candidacy.verdict("m@a") == "promoted: test/exact_match 0.9000 beats the champion's 0.8000; m@a -> version 2"
 
     monkeypatch.setattr(registry, "champion", lambda: ("2", "new"))  # promoted before: registered as the same version
     candidacy = promotion.register_candidate(ref)
@@ -34,13 +34,13 @@ def test_a_candidate_is_weighed_against_the_champion_and_registered(tmp_path, mo
     assert candidacy.verdict("m@a") == "the candidate already is the champion"
 
     monkeypatch.setattr(registry, "champion", lambda: None)
-    metrics["new"] = {"test_exact_match": 0.1, "test_loss": 9.0}
+    metrics["new"] = {"test/exact_match": 0.1, "test/loss": 9.0}
     candidacy = promotion.register_candidate(ref)
     assert candidacy.moves_alias and candidacy.summary().splitlines()[1].endswith(" -")  # no champion's figures
 
     registered.clear()
-    metrics["new"] = {"test_loss": 0.2}
-    with pytest.raises(promotion.PromotionError, match="candidate run has no test_exact_match"):
+    metrics["new"] = {"test/loss": 0.2}
+    with pytest.raises(promotion.PromotionError, match="candidate run has no test/exact_match"):
         promotion.register_candidate(ref)
 
     def gone(run_id: str) -> dict:
