@@ -56,8 +56,7 @@ def check_params(path: Path) -> None:
 
 @main.command("tracking-uri")
 def tracking_uri() -> None:
-    """Print the MLflow store this project logs to (MLFLOW_TRACKING_URI or the local SQLite default), without
-    the credentials a URI may hold."""
+    """Print the MLflow store this project logs to (MLFLOW_TRACKING_URI or the SQLite default), credentials hidden."""
     from seq2seq.tracking import resolve_tracking_uri
 
     click.echo(redact(resolve_tracking_uri()))
@@ -66,22 +65,24 @@ def tracking_uri() -> None:
 @main.command("ui-url")
 @click.option("--port", type=int, default=5000, show_default=True, help="The port `make ui` serves on.")
 def ui_url(port: int) -> None:
-    """Print the MLflow UI address of this project's runs table (the classic training view)."""
+    """Print the MLflow UI address of this project's runs table in the model-training view (not the GenAI one)."""
     from seq2seq.tracking import registry
 
-    # workflowType: the classic model-training view, not the GenAI overview MLflow 3 opens by default.
     experiment = registry.experiment_id_of()
     click.echo(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs?workflowType=machine_learning")
 
 
 @main.command()
-@click.option("--run-ref", type=_EXISTING_FILE, required=True, help="The run reference export wrote.")
-def promote(run_ref: Path) -> None:
-    """Register the run's model as `seq2seq`; move the alias `champion` to it only if it beats the champion."""
+@click.option("--run-ref", type=_EXISTING_FILE, help="A run reference (make promote: the workspace's export).")
+@click.option("--run", "run_id", help="An MLflow run id (seq2seq compare lists them).")
+@click.option("--experiment", help="A DVC experiment's name (dvc exp show lists them).")
+def promote(run_ref: Path | None, run_id: str | None, experiment: str | None) -> None:
+    """Register a run's model as `seq2seq` (the candidate, named by one option); move the alias `champion` to it
+    only if it beats the champion."""
     from seq2seq.promotion import register_candidate
     from seq2seq.tracking import registry
 
-    candidacy = register_candidate(run_ref)
+    candidacy = register_candidate(run_ref, run_id, experiment)
     click.echo(candidacy.summary())
     if candidacy.moves_alias:
         registry.set_champion(candidacy.version)

@@ -87,20 +87,29 @@ class Candidacy:
         return f"not promoted: {self.decision.reason}; the champion stays {self.champion_label}"
 
 
-def register_candidate(run_ref: Path) -> Candidacy:
-    """Read the metrics of the run that `run_ref` names and of the champion's run, decide, and register the
-    candidate (whatever the decision: moving the alias is the caller's step); PromotionError on any failure."""
+def register_candidate(
+    run_ref: Path | None = None, run_id: str | None = None, experiment: str | None = None
+) -> Candidacy:
+    """Read the metrics of the candidate run (named by exactly one of: a run reference file, a run id, a DVC
+    experiment's name) and of the champion's run, decide, and register the candidate (whatever the decision:
+    moving the alias is the caller's step); PromotionError on any failure."""
     # Imported here: `decide` alone needs nothing of the tracking package.
     from seq2seq import tracking
     from seq2seq.tracking import registry
 
+    if sum(x is not None for x in (run_ref, run_id, experiment)) != 1:
+        raise PromotionError("name the candidate once: --run-ref FILE, --run RUN_ID or --experiment NAME")
+    named = run_ref or (f"experiment {experiment}" if experiment else "--run")
     try:
-        run_id = tracking.read_run_reference(run_ref)
+        if run_ref is not None:
+            run_id = tracking.read_run_reference(run_ref)
+        elif experiment is not None:
+            run_id = registry.experiment_run(experiment)
         candidate = registry.run_metrics(run_id)
     except tracking.RunUnavailable as err:
-        raise PromotionError(f"{run_ref} names {err}; {err.remedy()}retrain and export it") from None
-    except tracking.TrackingError as err:
-        raise PromotionError(str(err)) from None
+        raise PromotionError(f"{named} names {err}; {err.remedy()}retrain and export it") from None
+    except (tracking.TrackingError, LookupError) as err:
+        raise PromotionError(str(err.args[0])) from None
     current = registry.champion()
     try:
         champion_metrics = registry.run_metrics(current[1]) if current else None

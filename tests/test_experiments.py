@@ -90,9 +90,22 @@ def test_queued_experiments_in_parallel_each_land_once(repo):
     assert None not in commits and len(commits) == 2
 
 
-def test_temp_experiment_lands_in_the_main_store(repo):
+def test_temp_experiment_lands_in_the_main_store_and_is_promoted_by_name(repo):
     run(["dvc", "exp", "run", "--temp", "-n", "in-temp", "-S", "train.lr=0.01"], repo)
-    _assert_one_run_with_a_loadable_model(_client(f"sqlite:///{repo}/mlflow.db"), "in-temp")
+    client = _client(f"sqlite:///{repo}/mlflow.db")
+    _assert_one_run_with_a_loadable_model(client, "in-temp")
+    # The variant a user chose, by its DVC name: not whatever export sits in the workspace
+    (chosen,) = _runs_by_name(client)["in-temp"]
+    out = run(["seq2seq", "promote", "--experiment", "in-temp"], repo)
+    assert f"(run {chosen.info.run_id})" in out, out
+    registered = client.search_model_versions("name = 'seq2seq'")
+    assert chosen.info.run_id in {v.run_id for v in registered}
+    out = run(["seq2seq", "promote", "--run", chosen.info.run_id], repo)  # the same, by run id
+    assert "already is the champion" in out or "not promoted" in out, out
+    out = run(["seq2seq", "promote", "--experiment", "no-such-exp"], repo, expect=1)
+    assert "no finished run of DVC experiment 'no-such-exp' logged a model" in out and "Traceback" not in out
+    out = run(["seq2seq", "promote", "--experiment", "in-temp", "--run", "x"], repo, expect=1)
+    assert "name the candidate once" in out
 
 
 def test_run_cache_never_skips_an_evaluation(repo):

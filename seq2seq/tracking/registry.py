@@ -67,6 +67,20 @@ def register(run_id: str, env: Mapping[str, str] = os.environ) -> str:
 
 
 @store_errors
+def experiment_run(name: str, env: Mapping[str, str] = os.environ) -> str:
+    """The id of the latest finished run of the DVC experiment `name` that logged a model; LookupError if none."""
+    client, experiment_id = open_store(env)
+    if "'" in name:  # MLflow's filter strings have no escape for a quote (DVC's names never hold one)
+        raise LookupError(f"no DVC experiment is named {name!r}")
+    query = f"tags.dvc_exp_name = '{name}' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
+    exported = [r.info.run_id for r in runs if MODEL_URI_TAG in r.data.tags]
+    if not exported:
+        raise LookupError(f"no finished run of DVC experiment {name!r} logged a model (dvc exp show lists them)")
+    return exported[0]
+
+
+@store_errors
 def set_champion(version: str, env: Mapping[str, str] = os.environ) -> None:
     client, _ = open_store(env)
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
