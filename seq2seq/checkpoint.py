@@ -124,13 +124,17 @@ def resumable(path: Path, expected: str) -> tuple[dict[str, Any] | None, str | N
     return state, f"resuming after epoch {state['epoch']} (MLflow run {state.get('run_id')})"
 
 
-def save_training(result: FitResult, model: Seq2Seq, vocab: Vocab, paths: dict[str, Path], timing: dict) -> None:
-    """The train stage's outputs once training is done: the best weights as a checkpoint, the metrics file (the
-    best epoch's), the timing (with `timing`'s extra keys) and the per-epoch history, without the timing, so that
-    the metrics and the history stay byte-identical run to run."""
+def save_training(
+    result: FitResult, model: Seq2Seq, vocab: Vocab, paths: dict[str, Path], timing: dict, src_len: torch.Tensor
+) -> None:
+    """The train stage's outputs once training is done: the best weights as a checkpoint (with the range of the
+    training sources' lengths `src_len`, outside which serving warns), the metrics file (the best epoch's), the
+    timing (with `timing`'s extra keys) and the per-epoch history, without the timing, so that the metrics and the
+    history stay byte-identical run to run."""
     import pandas as pd
 
-    extra = {"epoch": result.best_epoch, "metrics": result.best_metrics()}
+    trained = [int(src_len.min()), int(src_len.max())]
+    extra = {"epoch": result.best_epoch, "metrics": result.best_metrics(), "trained_src_len": trained}
     save_checkpoint(paths["checkpoint_path"], model, vocab, extra, state_dict=result.best_state)
     write_json(paths["metrics_path"], result.summary())
     write_json(paths["timing_path"], result.timing() | timing)

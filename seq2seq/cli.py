@@ -119,9 +119,9 @@ def predict(model_ref: str, source) -> None:
     failed = 0
     for number, result in enumerate(predictor.predict(lines), start=1):
         click.echo(result.prediction or "")
-        if result.error:
-            failed += 1
-            click.echo(f"line {number}: {result.error}", err=True)
+        failed += bool(result.error)
+        if result.error or result.warning:  # a warning: predicted, from a length the model never trained on
+            click.echo(f"line {number}: {result.error or 'warning: ' + result.warning}", err=True)
     if failed:
         raise click.ClickException(f"{failed} of {len(lines)} lines could not be predicted")
 

@@ -160,15 +160,19 @@ def _name_batch_axis(graph) -> None:
         value.shape = ir.Shape([ir.SymbolicDim("batch") if dim == symbol else dim for dim in value.shape])
 
 
-def write_export(model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path, card: str) -> None:
-    """Fill `out_dir` with everything needed to serve the model without this repo (or torch, for ONNX)."""
+def write_export(
+    model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path, card: str, trained_src_len: list | None = None
+) -> None:
+    """Fill `out_dir` with everything needed to serve the model without this repo (or torch, for ONNX); the
+    checkpoint's `trained_src_len` (the training sources' [shortest, longest]) lets serving warn outside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     program = trace(model, vocab, cfg)
     with _quiet_exporters():
         torch.export.save(program, out_dir / PROGRAM_FILE)
     export_onnx(program, vocab, cfg, out_dir / ONNX_FILE)
     vocab.save(out_dir / VOCAB_FILE)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    config = asdict(cfg) | {"trained_src_len": trained_src_len}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / CARD_FILE).write_text(card)
 
 

@@ -26,6 +26,7 @@ class Prediction:
     source: str
     prediction: str | None  # None when the line was refused
     error: str | None = None
+    warning: str | None = None  # predicted, from a length outside the training sources' (`3` gives `3 3`)
 
 
 class Predictor:
@@ -65,6 +66,13 @@ class Predictor:
             raise ValueError(f"{len(ids)} tokens, the model takes at most {self.config['max_src_len']}")
         return ids
 
+    def untrained(self, length: int) -> str | None:
+        """A warning when `length` tokens lie outside the training sources' lengths (an export that records them)."""
+        lo, hi = self.config.get("trained_src_len") or (1, self.config["max_src_len"])
+        if lo <= length <= hi:
+            return None
+        return f"{length} tokens, outside the trained lengths {lo}-{hi}: the prediction may be unreliable"
+
     def predict(self, lines: list[str] | list[bytes]) -> list[Prediction]:
         results: list[Prediction | None] = [None] * len(lines)
         rows, positions = [], []
@@ -81,6 +89,7 @@ class Predictor:
                 src[r, : len(ids)] = ids
             src_len = np.array([len(ids) for ids in chunk], dtype=np.int64)
             (out,) = self.session.run(None, {"src": src, "src_len": src_len})  # (B, max_tgt_len)
-            for i, ids in zip(positions[start : start + self.batch_size], out.tolist(), strict=True):
-                results[i] = Prediction(lines[i], self.vocab.decode(ids))
+            done = zip(positions[start : start + self.batch_size], src_len.tolist(), out.tolist(), strict=True)
+            for i, length, ids in done:
+                results[i] = Prediction(lines[i], self.vocab.decode(ids), warning=self.untrained(length))
         return results  # type: ignore[return-value]

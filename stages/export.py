@@ -31,7 +31,7 @@ def main(
         from seq2seq.params import load_params
 
         params = load_params(params_path)
-        model, vocab, _ = load_checkpoint(checkpoint_path, "cpu")
+        model, vocab, payload = load_checkpoint(checkpoint_path, "cpu")
         training, evaluation = read_metrics(train_metrics, eval_metrics)
         # The sections that made this model: a change to any of them reruns an upstream stage, and so this one (the
         # gate's tolerances change nothing upstream, so the card would go stale on them).
@@ -45,7 +45,7 @@ def main(
             run.log_params(params.flat("export"))
 
             def fill(tmp: Path) -> None:
-                write_export(model, vocab, params.export, tmp, card)
+                write_export(model, vocab, params.export, tmp, card, payload.get("trained_src_len"))
                 tracking.write_reference(run, tmp / RUN_REF_FILE)
                 run.log_model(tmp, example, evaluation)
 

@@ -61,6 +61,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
         if not ctx.is_main:  # another process of the data-parallel group: trains its share, writes nothing
             fit(model, train_set, val_set, params.train, device, log=lambda epoch, row: None, **options)
             return
+        where = {"device": str(device), "processes": ctx.world}
         with keeper.run("train", resume=state and (state["run_id"], out["state_path"])) as run:
             if state:  # the same run goes on: it must be there before any training
                 run.set_tags({"resumed_after_epoch": state["epoch"]})
@@ -68,8 +69,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             else:
                 run.log_params(params.flat(*SECTIONS))
                 # The thread count is part of what makes a CPU run byte-reproducible: another sums in another order.
-                tags = {"data_digest": digest, "device": str(device), "processes": ctx.world}
-                run.set_tags(tags | {"torch_threads": torch.get_num_threads()})
+                run.set_tags({"data_digest": digest, "torch_threads": torch.get_num_threads()} | where)
                 run.log_text(params_path.read_text(), "params.yaml")
                 run.log_dataset(params.data.task, digest, data_dir.resolve(), ("train", "val"))
             if note:  # said once the run is open: resuming needs it
@@ -90,7 +90,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             tracking.write_reference(run, out["run_ref_path"])
             save_state(result.last_state | {"complete": True})
             peak = distributed.peak_memory(device)
-            save_training(result, model, vocab, out, {"device": str(device), "processes": ctx.world} | peak)
+            save_training(result, model, vocab, out, where | peak, train_set.src_len)
             # The summary a variant is compared on; the best epoch's values are in the curves, at its step.
             run.log_metrics(sectioned(result.counts() | peak, "summary"))
     click.echo(f"best epoch {result.best_epoch}: {result.best_metrics()['val_exact_match']:.4f} val exact match")

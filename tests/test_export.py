@@ -159,6 +159,14 @@ def test_the_served_model_refuses_what_its_signature_does_not_take(exported, tmp
 
     edited = tmp_path / "export"
     shutil.copytree(exported, edited)
+    # Lengths outside the training sources' are predicted with a warning (the CLI's stderr) and flagged (HTTP)
+    config = json.loads((edited / "export.json").read_text())
+    (edited / "export.json").write_text(json.dumps(config | {"trained_src_len": [3, 5]}))
+    served.predictor = Predictor(edited)
+    answer = served.predict(None, pd.DataFrame({"source": ["1 2", "1 2 3", "1 2 3 4 5 6"]}))
+    assert answer["outside_trained_lengths"].tolist() == [True, False, True] and answer["prediction"].all()
+    warnings = [r.warning for r in served.predictor.predict(["1 2", "1 2 3"])]
+    assert warnings == ["2 tokens, outside the trained lengths 3-5: the prediction may be unreliable", None]
     (edited / "export.json").write_text(json.dumps({"max_src_len": "40"}))
     with pytest.raises(InputError, match=re.escape(f"{edited / 'export.json'}: max_src_len: must be a positive")):
         Predictor(edited)

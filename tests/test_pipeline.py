@@ -126,6 +126,10 @@ def test_promote_predict_and_the_pyfunc_in_a_fresh_process(repo, client, tmp_pat
     )
     assert "line 2: unknown token 'x'" in errors and "line 3: 9 tokens, the model takes at most 8" in errors
     assert "Traceback" not in errors
+    # Trained on sources of 2-5 tokens (the export records it): a 7-token line is predicted, with a warning
+    assert json.loads((repo / "models" / "export" / "export.json").read_text())["trained_src_len"] == [2, 5]
+    out = run(["seq2seq", "predict", "--model", "models/export"], repo, stdin="1 2 3 4 5 6 7\n")
+    assert out.splitlines()[0] and "line 1: warning: 7 tokens, outside the trained lengths 2-5" in out
 
     # A fresh process elsewhere that cannot import the repo's package (its editable install is cut off): the
     # model must bring its own code. Only the MLflow store is shared.
@@ -165,6 +169,9 @@ def test_mlflow_models_serve_answers_invocations(repo, tmp_path):
         assert status == 200, body
         local = run(["seq2seq", "predict", "--model", "models/export"], repo, stdin="1 2 3\n4 5 6 7\n")
         assert [row["prediction"] for row in json.loads(body)["predictions"]] == local.splitlines()
+        assert [row["outside_trained_lengths"] for row in json.loads(body)["predictions"]] == [False, False]
+        status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["3"]]}})  # trained on 2-5
+        assert status == 200 and json.loads(body)["predictions"][0]["outside_trained_lengths"] is True, body
         status, body = _post(url, {"dataframe_split": {"columns": ["source"], "data": [["1 x"]]}})
         assert status == 400 and "unknown token 'x'" in body
         for rows, said in (([[3]], "row 0: not a string (3)"), ([["1 2"], [None]], "row 1: not a string (null)")):

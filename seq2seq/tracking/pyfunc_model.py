@@ -1,4 +1,5 @@
-"""The served model, logged from code (MLflow's models-from-code): DataFrame `source` -> DataFrame `prediction`.
+"""The served model, logged from code (MLflow's models-from-code): DataFrame `source` -> DataFrame `prediction`,
+`outside_trained_lengths`.
 
 MLflow runs this file when it loads the model; `set_model` names the model. It serves the export folder (the
 artifact `export`) through `seq2seq.serving.Predictor`: onnxruntime, no torch.
@@ -37,7 +38,9 @@ class Seq2SeqModel(mlflow.pyfunc.PythonModel):
         errors = wrong or [f"row {i}: {r.error}" for i, r in enumerate(results) if r.error]
         if errors:  # a 400 answer in `mlflow models serve`, naming every bad row
             raise MlflowException("; ".join(errors), INVALID_PARAMETER_VALUE)
-        return pd.DataFrame({"prediction": [r.prediction for r in results]})
+        # The flag: a source of a length the model never trained on (`3` gives `3 3`), predicted all the same
+        outside = [r.warning is not None for r in results]
+        return pd.DataFrame({"prediction": [r.prediction for r in results], "outside_trained_lengths": outside})
 
 
 mlflow.models.set_model(Seq2SeqModel())

@@ -100,7 +100,8 @@ class Run:
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
 
-        signature = ModelSignature(Schema([ColSpec("string", "source")]), Schema([ColSpec("string", "prediction")]))
+        outputs = Schema([ColSpec("string", "prediction"), ColSpec("boolean", "outside_trained_lengths")])
+        signature = ModelSignature(Schema([ColSpec("string", "source")]), outputs)
         mlflow.set_tracking_uri(self.client.tracking_uri)
         with mlflow.start_run(run_id=self.run_id) as active:
             info = mlflow.pyfunc.log_model(
