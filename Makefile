@@ -30,7 +30,8 @@ run: $(STAMP)  ## set up, run the whole pipeline (dvc repro), show the metrics
 	@echo
 	dvc metrics show
 	@echo
-	@echo "Metrics: metrics/*.json (dvc metrics show), curves: plots/*.csv (dvc plots show)."
+	@echo "Metrics: metrics/*.json (dvc metrics show). Curves: the MLflow UI below (offline), or dvc plots show"
+	@echo "(its HTML page loads its chart library from a CDN: it renders only online)."
 	@echo "MLflow store: $$(seq2seq tracking-uri)"
 	@echo "Open the MLflow UI: make ui   (then $$(seq2seq ui-url --port $(PORT)))"
 

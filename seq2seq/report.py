@@ -36,6 +36,21 @@ def draw_curves(history: Path, by_length: Path, out: Path) -> tuple[Path, Path]:
     return loss_png, length_png
 
 
+def curve_tables(history: Path, by_length: Path) -> str:
+    """The curves' figures as markdown tables: loss and exact match by epoch, exact match by source length."""
+    import pandas as pd
+
+    from seq2seq.plots import HISTORY_COLUMNS
+
+    epochs = pd.read_csv(history)[list(HISTORY_COLUMNS)]
+    splits = {p.stem: pd.read_csv(p).set_index("length")["exact_match"] for p in sorted(by_length.glob("*.csv"))}
+    lengths = pd.concat(splits, axis=1).reset_index()
+    lengths = lengths.astype(object).where(lengths.notna(), None)  # a length this split does not hold: `-`
+    by_length = lengths.to_markdown(index=False, floatfmt=[".0f"] + [".3f"] * len(splits), missingval="-")
+    by_epoch = epochs.to_markdown(index=False, floatfmt=".4g")
+    return f"By epoch:\n\n{by_epoch}\n\nExact match by source length:\n\n{by_length}"
+
+
 def markdown(
     checks: list[Check],
     label: str,
@@ -47,9 +62,11 @@ def markdown(
     metrics_diff: str,
     params_diff: str,
     curves: tuple[Path, Path],
+    curve_tables: str = "",
 ) -> str:
     """The report's page. `label` names the baseline, `tags` are the MLflow run's, `curves` the PNGs of draw_curves
-    (linked by name: they sit beside the page)."""
+    (named: they sit beside the page, and a PR comment cannot show them), `curve_tables` the same figures as markdown
+    tables, which render wherever the page is shown."""
     loss_png, length_png = curves
     experiment = tags.get("dvc_exp_name", "none: dvc repro in the workspace")
     verdict = "passed" if all(c.ok for c in checks) else "**failed**"
@@ -69,9 +86,9 @@ def markdown(
 {params_diff}
 
 ## Curves
-![loss curves]({loss_png.name})
+{curve_tables}
 
-![exact match by source length]({length_png.name})
+PNG plots beside this report: `{loss_png.name}`, `{length_png.name}`.
 """
 
 
@@ -103,5 +120,6 @@ def write(
         metrics_diff=dvc_diff("metrics", rev, baseline_file),
         params_diff=dvc_diff("params", rev, baseline_file),
         curves=draw_curves(history, by_length, out),
+        curve_tables=curve_tables(history, by_length),
     )
     atomic_write(out, lambda tmp: tmp.write_text(page))

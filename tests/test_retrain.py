@@ -146,7 +146,8 @@ def test_retrain_script_on_a_profile(tmp_path):
     run_id = json.loads((repo / "models" / "export" / "mlflow_run.json").read_text())["run_id"]
     assert f"MLflow run: `{run_id}`" in page and "| test.exact_match |" in page
     for image in ("retrain_loss.png", "retrain_by_length.png"):
-        assert f"]({image})" in page and (repo / "reports" / image).read_bytes()[:4] == b"\x89PNG"
+        assert f"`{image}`" in page and (repo / "reports" / image).read_bytes()[:4] == b"\x89PNG"
+    assert "Exact match by source length:" in page and "nan" not in page  # test_long's lengths: `-` under test
 
     # A degraded model (one epoch at lr 1e-4) fails the gate against the new baseline.
     set_params(repo, train={"max_epochs": 1, "lr": 1e-4})
@@ -199,8 +200,13 @@ def test_report_command_writes_the_page_and_its_curves(tmp_path, monkeypatch, de
     assert "- DVC experiment: exp-of-abc123" in page
     assert "| test.exact_match | 0.95 | 0.5 |" in page and "FAIL" in page
     assert page.count(f"(the baseline is {tmp_path / 'baseline.json'}, not a git rev)") == 2
-    for image in ("retrain_loss.png", "retrain_by_length.png"):
-        assert f"]({image})" in page and (out.parent / image).read_bytes()[:4] == b"\x89PNG"
+    for image in ("retrain_loss.png", "retrain_by_length.png"):  # named, not embedded: a PR comment cannot show them
+        assert (
+            f"`{image}`" in page and f"]({image})" not in page and (out.parent / image).read_bytes()[:4] == b"\x89PNG"
+        )
+    # What renders in a PR comment and the job summary: the same figures as tables
+    assert "|       2 |          0.5 |        0.6 |               0.4 |" in page, page
+    assert "|        3 |  0.900 |" in page, page
 
     (tmp_path / "run.json").write_text("{}")  # a broken run reference: one line, nothing written
     out.unlink()
