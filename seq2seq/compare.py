@@ -24,14 +24,16 @@ KEY_METRICS = (
     "test_long/exact_match",
     "test/bleu",
     "test/loss",
+    "test/wer",  # g2p runs: word and phoneme error rates
+    "test/per",
     "summary/best_epoch",
 )
 FORMATS = ("table", "md", "csv", "json")
 
 
 def lower_is_better(column: str) -> bool:
-    """Losses and perplexities: their best is their lowest."""
-    return column.endswith(("loss", "perplexity"))
+    """Losses, perplexities and error rates: their best is their lowest."""
+    return column.endswith(("loss", "perplexity", "wer", "per"))
 
 
 def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool | None = None) -> pd.DataFrame:

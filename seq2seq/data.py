@@ -32,7 +32,7 @@ _MAX_DRAWS_PER_EXAMPLE = 50
 class DataConfig:
     """The `data` section of params.yaml."""
 
-    task: Literal["copy", "reverse", "sort", "add"]
+    task: Literal["copy", "reverse", "sort", "add", "g2p"]
     num_symbols: int  # vocabulary size = num_symbols + 4 specials (+1 for `+` in add, where it is the base)
     min_len: int  # for add: digits per operand
     max_len: int
@@ -42,6 +42,8 @@ class DataConfig:
     n_test: int
     n_test_long: int
     seed: int
+    g2p_words: Literal["letters", "letters_apostrophes"]  # g2p: the dictionary's words kept (the others counted)
+    g2p_stress: bool  # g2p: keep the vowels' stress digits (AH0, AH1); the published stressless figures drop them
 
     def __post_init__(self) -> None:
         require(self.num_symbols >= 2, "num_symbols", f"must be >= 2, got {self.num_symbols}")
@@ -57,7 +59,12 @@ class DataConfig:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
-def build_vocab(cfg: DataConfig) -> Vocab:
+def build_vocab(cfg: DataConfig, frames: dict[str, pd.DataFrame] | None = None) -> Vocab:
+    """The specials, then the task's tokens: the symbols (and `+`), or for g2p the letters and phonemes in `frames`."""
+    if cfg.task == "g2p":
+        from seq2seq.g2p import vocabulary
+
+        return Vocab([*SPECIALS, *vocabulary(frames)])
     symbols = [str(i) for i in range(cfg.num_symbols)]
     return Vocab([*SPECIALS, *symbols, *([PLUS] if cfg.task == "add" else [])])
 
@@ -97,6 +104,10 @@ def _value(digits: list[int], base: int) -> int:
 
 def generate_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """Draw every split; evaluation sources never appear in train. Returns the frames and leakage counts."""
+    if cfg.task == "g2p":  # a dictionary's words, dealt out rather than drawn
+        from seq2seq.g2p import generate_splits as g2p_splits
+
+        return g2p_splits(cfg)
     frames: dict[str, pd.DataFrame] = {}
     seen_train: set[str] = set()
     stats = {"resampled_overlap": 0}

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from seq2seq import distributed
+from seq2seq import distributed, g2p
 from seq2seq.config import require
 from seq2seq.data import Encoded, Vocab
 from seq2seq.decoding import beam_search
@@ -129,9 +129,12 @@ class SplitResult:
     predictions: pd.DataFrame  # source, target, prediction, exact
 
 
-def evaluate(model: Seq2Seq, data: Encoded, vocab: Vocab, cfg: EvaluateConfig, device: torch.device) -> SplitResult:
+def evaluate(
+    model: Seq2Seq, data: Encoded, vocab: Vocab, cfg: EvaluateConfig, device: torch.device, words: bool = False
+) -> SplitResult:
     """`score` with the evaluate stage's settings, and on top of it: perplexity, BLEU, exact match by source
-    length, and one row per example (source, target, prediction, exact)."""
+    length, and one row per example (source, target, prediction, exact). `words`: sources with several references
+    (G2P's pronunciations), scored as words too: WER and PER, and WER by length."""
     scores = score(model, data, cfg.batch_size, cfg.max_extra_len, device, beam_size=cfg.beam_size)
     sources = [vocab.decode(row) for row in data.src.tolist()]
     targets = [vocab.decode(row) for row in data.tgt.tolist()]
@@ -140,6 +143,10 @@ def evaluate(model: Seq2Seq, data: Encoded, vocab: Vocab, cfg: EvaluateConfig, d
     metrics = {"loss": loss, "perplexity": math.exp(loss), "token_acc": token_acc, "exact_match": exact_match}
     metrics["bleu"] = corpus_bleu(predictions, targets)
     by_length = exact_match_by_length(pd.Series(data.src_len.numpy()), pd.Series(scores.exact))
+    if words:
+        errors = g2p.word_errors(sources, predictions, targets)
+        metrics |= g2p.wer_per(errors)
+        by_length = by_length.merge(g2p.wer_by_length(errors), on="length", how="left")
     frame = pd.DataFrame({"source": sources, "target": targets, "prediction": predictions, "exact": scores.exact})
     return SplitResult(metrics, by_length, frame)
 

@@ -161,17 +161,24 @@ def _name_batch_axis(graph) -> None:
 
 
 def write_export(
-    model: Seq2Seq, vocab: Vocab, cfg: ExportConfig, out_dir: Path, card: str, trained_src_len: list | None = None
+    model: Seq2Seq,
+    vocab: Vocab,
+    cfg: ExportConfig,
+    out_dir: Path,
+    card: str,
+    trained_src_len: list | None = None,
+    letters: bool = False,
 ) -> None:
     """Fill `out_dir` with everything needed to serve the model without this repo (or torch, for ONNX); the
-    checkpoint's `trained_src_len` (the training sources' [shortest, longest]) lets serving warn outside it."""
+    checkpoint's `trained_src_len` (the training sources' [shortest, longest]) lets serving warn outside it;
+    `letters`: a source line is a word, its letters the tokens (g2p), rather than tokens separated by spaces."""
     out_dir.mkdir(parents=True, exist_ok=True)
     program = trace(model, vocab, cfg)
     with _quiet_exporters():
         torch.export.save(program, out_dir / PROGRAM_FILE)
     export_onnx(program, vocab, cfg, out_dir / ONNX_FILE)
     vocab.save(out_dir / VOCAB_FILE)
-    config = asdict(cfg) | {"trained_src_len": trained_src_len}
+    config = asdict(cfg) | {"trained_src_len": trained_src_len, "source_tokens": "letters" if letters else "words"}
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / CARD_FILE).write_text(card)
 

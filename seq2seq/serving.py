@@ -56,6 +56,8 @@ class Predictor:
         """Ids of one source line (bytes: UTF-8); ValueError naming the problem."""
         if isinstance(line, bytes):
             line = line.decode()  # UnicodeDecodeError is a ValueError: this line is refused, the others predicted
+        if self.config.get("source_tokens") == "letters":  # g2p: a word, spelt out as the model read it
+            line = " ".join(line.strip().lower())
         try:
             ids = self.vocab.encode(line)
         except KeyError as err:

@@ -46,7 +46,8 @@ def main(params_path: Path, data_dir: Path, checkpoint_path: Path, run_ref: Path
         model, vocab, _ = load_checkpoint(checkpoint_path, device)
         history = read_history(history_path)
         encoded = {split: load_split(data_dir, split, vocab) for split in SPLITS}
-        results = {split: evaluate(model, encoded[split], vocab, cfg, device) for split in SPLITS}
+        words = params.data.task == "g2p"  # several pronunciations a word: WER and PER
+        results = {split: evaluate(model, encoded[split], vocab, cfg, device, words) for split in SPLITS}
         tables = {split: result.by_length for split, result in results.items()}
 
         with keeper.run("evaluate", reference=run_ref, inherit=("data", "model", "train")) as run:

@@ -45,7 +45,8 @@ def main(
             run.log_params(params.flat("export"))
 
             def fill(tmp: Path) -> None:
-                write_export(model, vocab, params.export, tmp, card, payload.get("trained_src_len"))
+                letters = params.data.task == "g2p"  # `echo pipeline | seq2seq predict`, not `p i p e l i n e`
+                write_export(model, vocab, params.export, tmp, card, payload.get("trained_src_len"), letters)
                 tracking.write_reference(run, tmp / RUN_REF_FILE)
                 run.log_model(tmp, example, evaluation)
 

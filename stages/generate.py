@@ -25,7 +25,7 @@ def main(params_path: Path, out_dir: Path, metrics_path: Path, lengths_path: Pat
         frames, leakage = generate_splits(cfg)
     except ConfigError as err:  # data params that cannot make the splits asked for
         raise ParamsError(f"{params_path}: {err}") from None
-    vocab = build_vocab(cfg)
+    vocab = build_vocab(cfg, frames)
     atomic_dir(out_dir, lambda tmp: write_dataset(tmp, frames, vocab))
     counts = {f"n_{split}": len(frame) for split, frame in frames.items()}
     write_json(metrics_path, {"vocab_size": len(vocab), **counts, **leakage})

@@ -176,3 +176,17 @@ def test_ui_url_opens_the_runs_table_in_the_model_training_view(store, monkeypat
     experiment = tracking.experiment_id_of({"DVC_ROOT": str(store)})
     expected = f"http://127.0.0.1:5005/#/experiments/{experiment}/runs?workflowType=machine_learning"
     assert result.output.strip() == expected
+
+
+def test_g2p_runs_show_their_error_rates_lowest_first():
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "tags.mlflow.runName": ["big", "small"],
+            "params.model.hidden_dim": ["512", "128"],
+            "metrics.test/wer": [0.31, 0.42],
+            "metrics.test/per": [0.07, 0.10],
+        }
+    )
+    table = variant_table(runs, "test/wer")
+    assert table["run"].tolist() == ["big", "small"] and {"test/wer", "test/per"} <= set(table.columns)
