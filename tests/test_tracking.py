@@ -259,6 +259,38 @@ def test_a_killed_stage_leaves_its_run_killed(store, tmp_path, how):
     assert _wait_while_running(client, run_id) == "KILLED"
 
 
+ASKS_AND_WAITS = """
+import sys, time
+from seq2seq import tracking
+with tracking.Keeper({"DVC_ROOT": sys.argv[1]}) as keeper, keeper.run("train") as run:
+    print(keeper.process.pid, flush=True)  # the open is on its way: the keeper is still importing MLflow
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_stage_killed_before_its_run_opens_leaves_it_killed_without_a_traceback(tmp_path):
+    """SIGKILL while the keeper is still opening the run it was asked for: the keeper opens it, finds the stage
+    gone, and marks it KILLED (not FAILED, and no BrokenPipeError on the terminal)."""
+    from mlflow.tracking import MlflowClient
+
+    env = {"DVC_ROOT": str(tmp_path)}
+    experiment = tracking.experiment_id_of(env)
+    client = MlflowClient(tracking.resolve_tracking_uri(env))
+    cmd = [sys.executable, "-c", ASKS_AND_WAITS, env["DVC_ROOT"]]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as stage:
+        keeper = int(stage.stdout.readline())
+        os.killpg(stage.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _state(keeper) not in (b"Z", b"X") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stderr = stage.stderr.read()  # the keeper's too: it wrote to the stage's stderr
+    assert [r.info.status for r in client.search_runs([experiment])] == ["KILLED"]
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 @pytest.mark.slow
 def test_a_killed_stages_keeper_leaves_a_rerun_that_reopened_the_run_alone(store, tmp_path):
     """Kill evaluate, rerun it at once: when the rerun has reopened the same run before the first stage's keeper
