@@ -105,3 +105,15 @@ def test_g2p_through_the_stages_on_a_slice(tmp_path, monkeypatch):
 
     result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "export")], input=b"pipeline\n")
     assert result.exit_code == 0 and result.stdout == answer.prediction + "\n", result.output
+
+    # The GPU figures come from benchmarks/g2p_figures.py (that machine has no MLflow or DVC): on the same params
+    # and data it must train the train stage's model, so its greedy test WER is the evaluate stage's, exactly.
+    from benchmarks.g2p_figures import main as figures
+
+    args = ["--params", str(params), "--data", str(data), "--budget-s", "1e6", "--beam-size", "2"]
+    result = CliRunner().invoke(figures, [*args, "--out", str(tmp_path / "figures.json")])
+    assert result.exit_code == 0, result.output
+    measured = json.loads((tmp_path / "figures.json").read_text())
+    assert measured["figures"]["test/beam1"]["wer"] == scores["test"]["wer"]
+    assert measured["figures"]["test/beam1"]["per"] == scores["test"]["per"]
+    assert measured["epochs"] == 2 and "test_long/beam2" in measured["figures"]
