@@ -99,7 +99,7 @@ def promote(run_ref: Path | None, run_id: str | None, experiment: str | None) ->
 )
 @click.argument("source", type=click.File("rb"), default="-")
 def predict(model_ref: str, source) -> None:
-    """Predict one output per input line (SOURCE: a file, or stdin), tokens separated by spaces.
+    """Predict one output per input line (SOURCE: a file, or stdin), read as the model was trained to read it.
 
     Each prediction goes to stdout on its own line (empty for a refused line); problems go to stderr as
     `line N: ...`, and any refused line makes the exit code 1.

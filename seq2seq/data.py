@@ -1,8 +1,8 @@
 """Synthetic sequence tasks, the vocabulary, and batches of padded token ids.
 
 Tasks (`data.task`): copy, reverse, sort (symbols by value) and add (two base-`num_symbols` integers, most
-significant digit first, separated by `+`, to their sum). A dataset folder holds one parquet file per split and
-`vocab.json`; sequences are stored as space-separated tokens, the same text format `predict` reads.
+significant digit first, separated by `+`, to their sum); g2p and file (seq2seq/g2p.py, pairs.py). A dataset
+folder holds a parquet file per split and `vocab.json`; sequences are stored as space-separated tokens.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _MAX_DRAWS_PER_EXAMPLE = 50
 class DataConfig:
     """The `data` section of params.yaml."""
 
-    task: Literal["copy", "reverse", "sort", "add", "g2p"]
+    task: Literal["copy", "reverse", "sort", "add", "g2p", "file"]
     num_symbols: int  # vocabulary size = num_symbols + 4 specials (+1 for `+` in add, where it is the base)
     min_len: int  # for add: digits per operand
     max_len: int
@@ -44,6 +44,8 @@ class DataConfig:
     seed: int
     g2p_words: Literal["letters", "letters_apostrophes"]  # g2p: the dictionary's words kept (the others counted)
     g2p_stress: bool  # g2p: keep the vowels' stress digits (AH0, AH1); the published stressless figures drop them
+    file_src_tokens: Literal["chars", "spaces"]  # file: a source's tokens are its characters, or its words
+    file_tgt_tokens: Literal["chars", "spaces"]  # file: likewise for the target
 
     def __post_init__(self) -> None:
         require(self.num_symbols >= 2, "num_symbols", f"must be >= 2, got {self.num_symbols}")
@@ -60,9 +62,10 @@ class DataConfig:
 
 
 def build_vocab(cfg: DataConfig, frames: dict[str, pd.DataFrame] | None = None) -> Vocab:
-    """The specials, then the task's tokens: the symbols (and `+`), or for g2p the letters and phonemes in `frames`."""
-    if cfg.task == "g2p":
-        from seq2seq.g2p import vocabulary
+    """The specials, then the task's tokens: the symbols (and `+`), or those in `frames` (g2p's letters and
+    phonemes, the tokens of the user's pairs)."""
+    if cfg.task in ("g2p", "file"):
+        from seq2seq.pairs import vocabulary
 
         return Vocab([*SPECIALS, *vocabulary(frames)])
     symbols = [str(i) for i in range(cfg.num_symbols)]
@@ -102,12 +105,17 @@ def _value(digits: list[int], base: int) -> int:
     return value
 
 
-def generate_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """Draw every split; evaluation sources never appear in train. Returns the frames and leakage counts."""
+def generate_splits(cfg: DataConfig, pairs: Path | None = None, limits=(0, 0)) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Draw every split; evaluation sources never appear in train. Returns the frames and leakage counts. The file
+    task reads `pairs`, whose every pair must fit `limits` (export.max_src_len, export.max_tgt_len)."""
     if cfg.task == "g2p":  # a dictionary's words, dealt out rather than drawn
         from seq2seq.g2p import generate_splits as g2p_splits
 
         return g2p_splits(cfg)
+    if cfg.task == "file":
+        from seq2seq.pairs import generate_splits as file_splits
+
+        return file_splits(cfg, pairs, limits)
     frames: dict[str, pd.DataFrame] = {}
     seen_train: set[str] = set()
     stats = {"resampled_overlap": 0}

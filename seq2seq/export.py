@@ -167,18 +167,19 @@ def write_export(
     out_dir: Path,
     card: str,
     trained_src_len: list | None = None,
-    letters: bool = False,
+    tokens: tuple[str, str] = ("spaces", "spaces"),
 ) -> None:
     """Fill `out_dir` with everything needed to serve the model without this repo (or torch, for ONNX); the
     checkpoint's `trained_src_len` (the training sources' [shortest, longest]) lets serving warn outside it;
-    `letters`: a source line is a word, its letters the tokens (g2p), rather than tokens separated by spaces."""
+    `tokens`: how serving reads a line as source tokens and writes target tokens (`data.token_modes`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     program = trace(model, vocab, cfg)
     with _quiet_exporters():
         torch.export.save(program, out_dir / PROGRAM_FILE)
     export_onnx(program, vocab, cfg, out_dir / ONNX_FILE)
     vocab.save(out_dir / VOCAB_FILE)
-    config = asdict(cfg) | {"trained_src_len": trained_src_len, "source_tokens": "letters" if letters else "words"}
+    modes = {"source_tokens": tokens[0], "target_tokens": tokens[1]}
+    config = asdict(cfg) | {"trained_src_len": trained_src_len} | modes
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / CARD_FILE).write_text(card)
 

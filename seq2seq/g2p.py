@@ -10,10 +10,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from seq2seq.config import ConfigError
+from seq2seq.pairs import deal
 
 if TYPE_CHECKING:
     from seq2seq.data import DataConfig
@@ -51,45 +51,11 @@ def read_dictionary(cfg: DataConfig) -> tuple[dict[str, list[str]], dict[str, in
 
 
 def generate_splits(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """Words of min_len..max_len letters to train, val and test; of max_len+1..long_max_len to test_long. Each word
-    with all its pronunciations, in one split only: the words are shuffled by the seed, then dealt out."""
+    """Words of min_len..max_len letters to train, val and test; of max_len+1..long_max_len to test_long, each word
+    with all its pronunciations in one split (`pairs.deal`)."""
     entries, stats = read_dictionary(cfg)
-    words = sorted(entries)
-    shuffled = [words[i] for i in np.random.default_rng(cfg.seed).permutation(len(words))]
-    short = [w for w in shuffled if cfg.min_len <= len(w) <= cfg.max_len]
-    long = [w for w in shuffled if cfg.max_len < len(w) <= cfg.long_max_len]
-    stats["dropped_length"] = len(words) - len(short) - len(long)
-    sizes = {"val": cfg.n_val, "test": cfg.n_test, "train": cfg.n_train}
-    if sum(sizes.values()) > len(short):
-        asked = f"{sum(sizes.values())} words asked for (n_train + n_val + n_test)"
-        raise ConfigError("data.n_train", f"{asked}, the dictionary has {len(short)} of min_len..max_len letters")
-    if cfg.n_test_long > len(long):
-        asked = f"{cfg.n_test_long} words asked for"
-        raise ConfigError("data.n_test_long", f"{asked}, the dictionary has {len(long)} of max_len+1..long_max_len")
-    dealt, start = {}, 0
-    for split, size in sizes.items():
-        dealt[split], start = short[start : start + size], start + size
-    dealt["test_long"] = long[: cfg.n_test_long]
-    frames = {split: _frame(dealt[split], entries) for split in ("train", "val", "test", "test_long")}
-    train = set(frames["train"]["src"])
-    stats |= {f"overlap_{s}": int(frames[s]["src"].isin(train).sum()) for s in ("val", "test", "test_long")}
-    stats |= {f"words_{s}": len(w) for s, w in dealt.items()}
-    return frames, stats
-
-
-def _frame(words: list[str], entries: dict[str, list[str]]) -> pd.DataFrame:
-    rows = [(" ".join(word), phones) for word in words for phones in entries[word]]
-    frame = pd.DataFrame(rows, columns=["src", "tgt"]).astype({"src": "string", "tgt": "string"})
-    frame["src_len"] = frame["src"].str.count(" ").add(1).astype("int32")
-    frame["tgt_len"] = frame["tgt"].str.count(" ").add(1).astype("int32")
-    return frame
-
-
-def vocabulary(frames: dict[str, pd.DataFrame]) -> list[str]:
-    """The letters and phonemes the splits hold, sorted: the same data gives the same ids."""
-    return sorted({token for frame in frames.values() for text in frame["src"] for token in text.split()}) + sorted(
-        {token for frame in frames.values() for text in frame["tgt"] for token in text.split()}
-    )
+    frames, dealt = deal({" ".join(word): phones for word, phones in entries.items()}, cfg, "words", "the dictionary")
+    return frames, stats | dealt
 
 
 def edit_distance(a: list[str], b: list[str]) -> int:

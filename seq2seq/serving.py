@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from seq2seq.files import InputError, describe, read_json
-from seq2seq.vocab import VOCAB_FILE, Vocab
+from seq2seq.vocab import VOCAB_FILE, Vocab, tokenize, untokenize
 
 # The export folder's layout (seq2seq/export.py writes it).
 PROGRAM_FILE = "program.pt2"
@@ -56,10 +56,11 @@ class Predictor:
         """Ids of one source line (bytes: UTF-8); ValueError naming the problem."""
         if isinstance(line, bytes):
             line = line.decode()  # UnicodeDecodeError is a ValueError: this line is refused, the others predicted
-        if self.config.get("source_tokens") == "letters":  # g2p: a word, spelt out as the model read it
-            line = " ".join(line.strip().lower())
+        # g2p: a word, spelt out as the model read it; the user's pairs: as data.file_src_tokens said. (An export
+        # from before target_tokens said "words" for spaces.)
+        mode = self.config.get("source_tokens", "spaces")
         try:
-            ids = self.vocab.encode(line)
+            ids = self.vocab.encode(" ".join(tokenize(line, "spaces" if mode == "words" else mode)))
         except KeyError as err:
             raise ValueError(err.args[0]) from None
         if not ids:
@@ -93,5 +94,6 @@ class Predictor:
             (out,) = self.session.run(None, {"src": src, "src_len": src_len})  # (B, max_tgt_len)
             done = zip(positions[start : start + self.batch_size], src_len.tolist(), out.tolist(), strict=True)
             for i, length, ids in done:
-                results[i] = Prediction(lines[i], self.vocab.decode(ids), warning=self.untrained(length))
+                text = untokenize(self.vocab.decode(ids), self.config.get("target_tokens", "spaces"))
+                results[i] = Prediction(lines[i], text, warning=self.untrained(length))
         return results  # type: ignore[return-value]

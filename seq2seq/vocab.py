@@ -10,6 +10,22 @@ from seq2seq.files import InputError, describe
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 VOCAB_FILE = "vocab.json"
+SPACE = "\u2581"  # a space inside text tokenised by characters (SentencePiece's mark): tokens stay space-separated
+
+
+def tokenize(text: str, mode: str) -> list[str]:
+    """A side of a pair, or a line to predict, as tokens: `spaces` splits on whitespace; `chars` takes every
+    character (a space as SPACE); `letters` (g2p's words) the characters of the lower-cased, stripped word."""
+    if mode == "spaces":
+        return text.split()
+    if mode == "letters":
+        text = text.strip().lower()
+    return [SPACE if char.isspace() else char for char in text]
+
+
+def untokenize(tokens: str, mode: str) -> str:
+    """Space-separated tokens back to text, as `tokenize(..., mode)` read it."""
+    return "".join(tokens.split()).replace(SPACE, " ") if mode in ("chars", "letters") else tokens
 
 
 class Vocab:

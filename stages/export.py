@@ -28,7 +28,9 @@ def main(
         from seq2seq.checkpoint import load_checkpoint
         from seq2seq.export import model_card, read_metrics, write_export
         from seq2seq.files import atomic_dir
+        from seq2seq.pairs import token_modes
         from seq2seq.params import load_params
+        from seq2seq.vocab import untokenize
 
         params = load_params(params_path)
         model, vocab, payload = load_checkpoint(checkpoint_path, "cpu")
@@ -37,16 +39,17 @@ def main(
         # gate's tolerances change nothing upstream, so the card would go stale on them).
         made_by = params.flat("data", "model", "train", "evaluate", "export")
         card = model_card(made_by, training, evaluation, params.export)
-        # Any in-vocabulary sources will do, within the exported length limit (MLflow checks the example).
-        width = params.export.max_src_len
-        example = [" ".join(vocab.tokens[4 : 4 + min(5, width)]), " ".join(vocab.tokens[5 : 5 + min(2, width)])]
+        # Any in-vocabulary sources will do, within the exported length limit (MLflow checks the example), written
+        # as a user types them: `echo pipeline | seq2seq predict`, not `p i p e l i n e`.
+        width, tokens = params.export.max_src_len, token_modes(params.data)
+        spans = (vocab.tokens[4 : 4 + min(5, width)], vocab.tokens[5 : 5 + min(2, width)])
+        example = [untokenize(" ".join(span), tokens[0]) for span in spans]
 
         with keeper.run("export", reference=run_ref, inherit=("data", "model", "train", "evaluate")) as run:
             run.log_params(params.flat("export"))
 
             def fill(tmp: Path) -> None:
-                letters = params.data.task == "g2p"  # `echo pipeline | seq2seq predict`, not `p i p e l i n e`
-                write_export(model, vocab, params.export, tmp, card, payload.get("trained_src_len"), letters)
+                write_export(model, vocab, params.export, tmp, card, payload.get("trained_src_len"), tokens)
                 tracking.write_reference(run, tmp / RUN_REF_FILE)
                 run.log_model(tmp, example, evaluation)
 

@@ -19,10 +19,12 @@ from stages.common import output_path, params_option, stage
 @output_path("--out", "out_dir", directory=True)
 @output_path("--metrics", "metrics_path")
 @output_path("--lengths", "lengths_path")
-def main(params_path: Path, out_dir: Path, metrics_path: Path, lengths_path: Path) -> None:
-    cfg = load_params(params_path).data
+@click.option("--pairs", "pairs_path", type=click.Path(path_type=Path), help="The pairs file data.task file reads.")
+def main(params_path: Path, out_dir: Path, metrics_path: Path, lengths_path: Path, pairs_path: Path | None) -> None:
+    params = load_params(params_path)
+    cfg = params.data
     try:
-        frames, leakage = generate_splits(cfg)
+        frames, leakage = generate_splits(cfg, pairs_path, (params.export.max_src_len, params.export.max_tgt_len))
     except ConfigError as err:  # data params that cannot make the splits asked for
         raise ParamsError(f"{params_path}: {err}") from None
     vocab = build_vocab(cfg, frames)
