@@ -6,6 +6,10 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 SERVER_PORT ?= 5001
+DB ?= sqlite
+# make server DB=postgres: the database (the driver is the `postgres` extra, in .venv already); artifacts stay proxied.
+PG_URI ?= postgresql://mlflow@127.0.0.1:5432/mlflow
+ARTIFACTS ?= $(CURDIR)/mlserver/artifacts
 JOBS ?= 2
 TEST_JOBS ?= auto
 PROFILE ?= default
@@ -71,11 +75,11 @@ sweep: $(STAMP)  ## a 2x2 grid (train.lr x model.hidden_dim) through the DVC que
 	seq2seq link
 	seq2seq compare --tag dvc_exp_baseline_rev=$$(git rev-parse HEAD) --html reports/sweep.html
 
-server: $(STAMP)  ## a tracking server on 127.0.0.1 (SERVER_PORT, default 5001; SQLite + proxied artifacts in mlserver/)
-	@mkdir -p mlserver
+server: $(STAMP)  ## a tracking server on 127.0.0.1:SERVER_PORT (5001): SQLite in mlserver/, or DB=postgres on PG_URI
+	@mkdir -p $(ARTIFACTS)
 	@echo "Log to it: export MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT)"
-	mlflow server --backend-store-uri "sqlite:///$(CURDIR)/mlserver/mlflow.db" \
-	  --artifacts-destination "$(CURDIR)/mlserver/artifacts" --host 127.0.0.1 --port $(SERVER_PORT)
+	mlflow server --backend-store-uri "$(if $(filter postgres,$(DB)),$(PG_URI),sqlite:///$(CURDIR)/mlserver/mlflow.db)" \
+	  --artifacts-destination "$(ARTIFACTS)" --host 127.0.0.1 --port $(SERVER_PORT)
 
 lock: $(STAMP)  ## rewrite requirements/constraints.txt from the current venv
 	{ echo "# Exact versions for every install (make setup uses this as pip constraints). Regenerate: make lock"; \

@@ -215,3 +215,42 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, seconds: float = 12
         except OSError:
             assert time.monotonic() < deadline, f"{url} did not answer within {seconds} s:\n{log.read_text()}"
             time.sleep(1)
+
+
+def postgres_bin() -> Path:
+    """The folder of PostgreSQL's server programs: on PATH, or where Debian's packages put them (not on PATH)."""
+    found = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))[-1:]), None)
+    assert found, "PostgreSQL is not installed (initdb not found); .ci/run installs it: apt-get install postgresql"
+    return Path(found).resolve().parent
+
+
+@contextlib.contextmanager
+def postgres_cluster():
+    """A throw-away PostgreSQL cluster on a free loopback port, its socket in its own folder; yields its URI. The
+    server refuses to run as root, so as root the cluster belongs to `nobody`, in a folder under /tmp (pytest's
+    temp folders are root's alone)."""
+    import pwd
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="pg-"))
+    as_user: dict = {"cwd": folder}
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+        as_user |= {
+            "user": nobody.pw_uid,
+            "group": nobody.pw_gid,
+            "env": {"PATH": os.environ["PATH"], "HOME": str(folder)},
+        }
+    bindir, data, port = postgres_bin(), folder / "data", free_port()
+    initdb = [bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+    subprocess.run(initdb, check=True, capture_output=True, **as_user)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [bindir / "pg_ctl", "-D", data, "-l", folder / "server.log"]
+    started = subprocess.run([*pg_ctl, "-o", options, "-w", "start"], capture_output=True, text=True, **as_user)
+    assert started.returncode == 0, started.stdout + started.stderr + (folder / "server.log").read_text()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, **as_user)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -4,13 +4,14 @@ dir, over DVC's run-cache, or through a tracking server. Runs on a tiny profile 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import commit, copy_repo, env, run, server, set_params
+from tests.helpers import ROOT, TINY, commit, copy_repo, env, postgres_cluster, run, server, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +138,27 @@ def test_queued_experiment_through_a_tracking_server(repo, tmp_path):
         (name,) = _runs_by_name(client)
         _assert_one_run_with_a_loadable_model(client, name)
         assert any((store / "artifacts").rglob("model.onnx"))  # proxied: stored by the server
+
+
+def test_queued_experiment_through_a_tracking_server_on_postgresql(repo, tmp_path):
+    """`make server DB=postgres`'s own command on a throw-away PostgreSQL cluster: a queued experiment lands once,
+    its params, its metric history and its model read back through the server."""
+    with postgres_cluster() as database:
+        made = subprocess.run(
+            ["make", "-s", "-n", "server", "DB=postgres", f"PG_URI={database}", f"ARTIFACTS={tmp_path / 'artifacts'}"],
+            cwd=ROOT, env=env(), capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        command = shlex.split(made[made.index("mlflow server") :].replace("\\\n", " "))
+        assert command[command.index("--backend-store-uri") + 1] == database
+        command = [*command[: command.index("--host")], "--workers", "1"]  # server() adds its own host and port
+        with server(command, "/health", tmp_path / "server.log", seconds=180, cwd=tmp_path, env=env()) as uri:
+            run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.006"], repo)
+            _drain_queue(repo, jobs=1, MLFLOW_TRACKING_URI=uri)
+            client = _client(uri)
+            (name,) = _runs_by_name(client)  # a new database: this experiment's run alone
+            _assert_one_run_with_a_loadable_model(client, name)
+            (run_,) = _runs_by_name(client)[name]
+            assert run_.data.params["train.lr"] == "0.006" and run_.data.params["model.hidden_dim"] == "32"
+            history = client.get_metric_history(run_.info.run_id, "train/loss")
+            assert [m.step for m in history] == list(range(1, TINY["train"]["max_epochs"] + 1))
+            assert any((tmp_path / "artifacts").rglob("model.onnx"))  # proxied: stored by the server
