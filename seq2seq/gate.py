@@ -1,6 +1,7 @@
 """The quality gate: the workspace's evaluation metrics against a baseline's, with tolerances from params.yaml.
 
-A retrained model fails the gate when test exact match (or BLEU) drops by more than its tolerance, or when any
+A retrained model fails the gate when test exact match (or BLEU) drops, or test WER (g2p) rises, by more than its
+tolerance, or when any
 baseline metric is missing or not finite in the workspace. The baseline is a metrics file, or the workspace's
 metrics file as committed at a git rev.
 """
@@ -24,9 +25,10 @@ class GateConfig:
 
     max_exact_match_drop: float  # on test exact match
     max_bleu_drop: float  # on test BLEU
+    max_wer_rise: float  # on test WER (g2p; lower is better), where the metrics have it
 
     def __post_init__(self) -> None:
-        for name in ("max_exact_match_drop", "max_bleu_drop"):
+        for name in ("max_exact_match_drop", "max_bleu_drop", "max_wer_rise"):
             require(0 <= getattr(self, name) <= 1, name, f"must be in [0, 1], got {getattr(self, name)}")
 
 
@@ -59,6 +61,7 @@ def check(current: dict[str, Any], baseline: dict[str, Any] | None, cfg: GateCon
     """One Check per metric. With no baseline (a first run), only presence and finiteness are checked."""
     now, before = flatten(current), flatten(baseline or {})
     tolerances = {"test.exact_match": cfg.max_exact_match_drop, "test.bleu": cfg.max_bleu_drop}
+    rises = {"test.wer": cfg.max_wer_rise}  # error rates: a rise fails; checked where the baseline has them
     checks = []
     for metric in sorted(set(before) | set(tolerances) | set(now)):
         old, new, allowed = before.get(metric), now.get(metric), tolerances.get(metric)
@@ -68,6 +71,8 @@ def check(current: dict[str, Any], baseline: dict[str, Any] | None, cfg: GateCon
             checks.append(Check(metric, old, new, allowed, False, "not finite"))
         elif allowed is not None and _finite(old) and old - new > allowed + 1e-12:
             checks.append(Check(metric, old, new, allowed, False, f"dropped by {old - new:.4g} > {allowed:g}"))
+        elif metric in rises and _finite(old) and new - old > rises[metric] + 1e-12:
+            checks.append(Check(metric, old, new, rises[metric], False, f"rose by {new - old:.4g} > {rises[metric]:g}"))
         else:
             checks.append(Check(metric, old, new, allowed, True, "ok"))
     return checks

@@ -16,7 +16,7 @@ from seq2seq.cli import main
 from seq2seq.gate import GateConfig, check
 from tests.helpers import ROOT, TINY, commit, env, run, set_params, tiny_repo
 
-CFG = GateConfig(max_exact_match_drop=0.01, max_bleu_drop=0.02)
+CFG = GateConfig(max_exact_match_drop=0.01, max_bleu_drop=0.02, max_wer_rise=0.01)
 GOOD = {"test": {"exact_match": 0.95, "bleu": 0.97, "loss": 0.1}, "test_long": {"exact_match": 0.4}}
 
 
@@ -35,6 +35,10 @@ def test_gate_rule():
     assert _failures({**GOOD, "test": {**GOOD["test"], "loss": 5.0}}) == {}  # no tolerance on loss: presence only
     assert _failures(GOOD, baseline=None) == {}  # a first run: nothing to fall behind
     assert _failures({}, baseline=None) == {"test.exact_match": "missing", "test.bleu": "missing"}
+    words = {**GOOD, "test": {**GOOD["test"], "wer": 0.30}}  # g2p: WER, lower is better
+    assert _failures({**words, "test": {**words["test"], "wer": 0.305}}, words) == {}
+    assert _failures({**words, "test": {**words["test"], "wer": 0.33}}, words) == {"test.wer": "rose by 0.03 > 0.01"}
+    assert _failures({**words, "test": {**words["test"], "wer": 0.2}}, words) == {}  # fell: better
 
 
 def test_gate_command_exit_codes(tmp_path, default_params):
