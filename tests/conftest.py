@@ -52,7 +52,7 @@ def _no_outside_tracking_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 # The files that take longest (make test's --durations), in this order ahead of the rest: pytest-xdist hands out whole
 # files (--dist loadfile) in the collection's order once its reordering is off (below). Its default, the files with
 # the most tests first, left these few-test files to the end, where one worker ran them while the other sat idle.
-LONG_FIRST = ("test_experiments.py", "test_retrain.py", "test_pipeline.py", "test_distributed.py")
+LONG_FIRST = ("test_experiments.py", "test_retrain.py", "test_pipeline.py", "test_team.py", "test_distributed.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
