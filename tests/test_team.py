@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import commit, env, run, server, tiny_repo
+from tests.helpers import commit, copy_repo, env, run, server, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +86,22 @@ def test_three_clones_share_data_models_and_experiments_through_the_remotes(tmp_
             assert run_ids[name] in listed, listed
             tags = client.get_run(run_ids[name]).data.tags
             assert tags["dvc_exp_name"] == name and tags["dvc_exp_commit"] == revs[name]["rev"]
+
+
+@pytest.mark.parametrize("remote", ["not configured", "not writable"])
+def test_a_dvc_remote_that_cannot_take_the_push_fails_with_dvcs_error_and_loses_nothing(
+    tiny_pipeline, tmp_path, remote
+):
+    repo = copy_repo(tiny_pipeline, tmp_path)
+    outputs = sorted(p for folder in ("data", "models") for p in (repo / folder).rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in outputs}
+    if remote == "not configured":
+        push, said = ["dvc", "push", "-r", "team"], "remote 'team' doesn't exist"
+    else:  # a folder that cannot be made (a file is in its way): root ignores chmod, not this
+        (tmp_path / "occupied").write_text("a file, not a folder\n")
+        run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "occupied" / "storage")], repo)
+        push, said = ["dvc", "push"], "Not a directory"
+    pushed = subprocess.run(push, cwd=repo, env=env(), capture_output=True, text=True)
+    assert pushed.returncode != 0 and said in pushed.stderr, pushed.stdout + pushed.stderr
+    assert {p: p.read_bytes() for p in outputs} == before  # nothing of the project's outputs lost
+    assert "up to date" in run(["dvc", "status"], repo)
