@@ -75,7 +75,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             if note:  # said once the run is open: resuming needs it
                 click.echo(note, err=True)
 
-            # run_id waits for the answers due: asked once here, a store locked mid-training fails only at sync().
+            # run_id waits for the answers due; each epoch's log_metrics then waits for its own (keeper.ANSWERED).
             checks = {"fingerprint": expected, "run_id": run.run_id}
             save_state = functools.partial(save_train_state, out["state_path"], **checks)
 

@@ -7,8 +7,8 @@ final status: the stage ends the run (FINISHED, FAILED, KILLED: `runs.ending`), 
 without that (SIGKILL, the OOM killer) the keeper marks the run KILLED, unless a rerun owns it by then. Its own
 process group: a signal to the stage's group (DVC stopping its stage, `kill -9 -PGID`) leaves it alive for that.
 
-Every call is a request answered before the stage goes on (pickled by multiprocessing's Connection), so an error
-is raised where the call was made; at one log_batch an epoch the wait is a few milliseconds.
+Calls are requests pickled over multiprocessing's Connection and carried out in order (ANSWERED says which the
+stage waits for).
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ CALLS = (
     "end",
 )
 # Calls the stage waits for: the others' errors come at the next wait. log_artifact and log_model read a file the
-# stage may delete as soon as the call returns.
-ANSWERED = ("log_artifact", "log_model", "end")
+# stage may delete as soon as the call returns. log_metrics (one log_batch an epoch, a few milliseconds): an
+# epoch's metrics are in the store before its training state is saved, so a store that stops or locks mid-training
+# stops the stage at that epoch, within MLflow's bounded retries (store.py), and the rerun resumes there in the
+# same run, logging every epoch once.
+ANSWERED = ("log_metrics", "log_artifact", "log_model", "end")
 
 
 class Keeper:
@@ -93,9 +96,10 @@ class Keeper:
 class RemoteRun:
     """A `runs.Run` held by the keeper: the same calls (CALLS), carried out there in order.
 
-    The stage does not wait for them: it would otherwise wait for MLflow's import (the run opens while the stage
-    loads its data) and for every log_batch. A call's error is raised at the next call that waits for its answer
-    (`run_id`, `log_model`, `end`) or at `sync()`, which the stage calls before it writes its outputs."""
+    The stage does not wait for the open, nor for the params, tags and texts logged with it: it would otherwise
+    wait for MLflow's import (the run opens while the stage loads its data). A call's error is raised at the next
+    call that waits for its answer (`run_id`, ANSWERED) or at `sync()`, which the stage calls before it writes its
+    outputs."""
 
     def __init__(self, conn: Connection, how: dict[str, Any]) -> None:
         self._conn, self._pending, self._opened = conn, 0, None
