@@ -17,6 +17,8 @@ import copy
 import dataclasses
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import click
 import torch
 import yaml
 
+from benchmarks.provenance import stamp
 from seq2seq.data import load_split, read_vocab
 from seq2seq.evaluation import evaluate
 from seq2seq.model import Seq2Seq
@@ -120,6 +123,7 @@ def main(params_path: Path, data_dir: Path, budget_s: float, beam_size: int, out
         "estimated_epoch_seconds": per_epoch,
         "figures": figures,
         "history": history,
+        "provenance": stamp(shlex.join(["python", "-m", "benchmarks.g2p_figures", *sys.argv[1:]])),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -17,7 +17,7 @@ import pandas as pd  # DataFrame.to_markdown needs tabulate: pinned, a dependenc
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_ROWS = 15  # a mapping of more numbers (a profile's per-operator times) shows its largest; the JSON holds all
-LEGACY = ("machine", "torch")  # what some files recorded at the top level before provenance was kept
+LEGACY = ("machine", "torch", "device")  # what some files recorded at the top level before provenance was kept
 
 HEADER = """# Performance
 
@@ -90,7 +90,7 @@ def provenance(name: str, result: dict[str, Any]) -> list[str]:
     known = {key: result.pop(key) for key in LEGACY if isinstance(result.get(key), str)}
     named = "; ".join(f"{key} {value}" for key, value in known.items())
     return [
-        f"- command: `python -m benchmarks.{name}` (its options were not recorded)",
+        f"- command: `python -m benchmarks.{result.pop('script', name)}` (its options were not recorded)",
         "- recorded before provenance was kept: no machine, torch version or commit"
         + (f" beyond what the file names ({named})" if named else "")
         + "; the script may have changed since",

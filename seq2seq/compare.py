@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from seq2seq.config import redact
 from seq2seq.files import atomic_write
-from seq2seq.plots import plt
 from seq2seq.promotion import TIE_BREAKER
 
 KEY_METRICS = (
@@ -119,16 +119,16 @@ def exp_links(exp_show: Any, run_ref_file: str) -> list[dict[str, str]]:
     return links
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
 def curves_png(histories: dict[str, pd.DataFrame], metric: str) -> str:
     """Base64 PNG: one line per run, `metric` against step (epoch)."""
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     for name, history in histories.items():
         ax.plot(history["step"], history["value"], marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
@@ -143,7 +143,8 @@ def curves_png(histories: dict[str, pd.DataFrame], metric: str) -> str:
 
 def scatter_png(table: pd.DataFrame, metric: str, param: str) -> str:
     """Base64 PNG: `metric` against `param`, one point per run (a numeric axis when the param is numeric)."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     x = pd.to_numeric(table[param], errors="coerce")
     numeric = x.notna().all()
     positions = x if numeric else pd.Series(pd.factorize(table[param].astype(str))[0])

@@ -1,14 +1,12 @@
-"""PNG plots for MLflow artifacts and reports (matplotlib, headless Agg backend)."""
+"""Figures for MLflow artifacts (`log_figure`) and reports (`savefig`): plain matplotlib Figures, outside
+pyplot's global state, so nothing needs closing and no display is ever needed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
-
-matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot's import
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from seq2seq.files import InputError, describe
 
@@ -27,10 +25,11 @@ def read_history(path: Path) -> list[dict]:
     return frame.to_dict("records")
 
 
-def loss_curves(history: list[dict[str, float]], path: Path) -> None:
+def loss_curves(history: list[dict[str, float]]) -> Figure:
     """Train and validation loss per epoch, with validation exact match on a second axis."""
     epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
     ax.plot(epochs, [row["val_loss"] for row in history], marker="o", label="val loss")
     ax.set_xlabel("epoch")
@@ -44,13 +43,13 @@ def loss_curves(history: list[dict[str, float]], path: Path) -> None:
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax.set_title("Training curves")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
-def attention_heatmap(source: list[str], predicted: list[str], weights, path: Path) -> None:
+def attention_heatmap(source: list[str], predicted: list[str], weights) -> Figure:
     """Attention weights (T, S) of one decoded example: rows are output tokens, columns source tokens."""
-    fig, ax = plt.subplots(figsize=(0.4 * len(source) + 2, 0.4 * len(predicted) + 1.5), dpi=100)
+    fig = Figure(figsize=(0.4 * len(source) + 2, 0.4 * len(predicted) + 1.5), dpi=100)
+    ax = fig.subplots()
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(source)), source)
     ax.set_yticks(range(len(predicted)), predicted)
@@ -58,13 +57,13 @@ def attention_heatmap(source: list[str], predicted: list[str], weights, path: Pa
     ax.set_ylabel("prediction")
     fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
-def exact_match_by_length(tables: dict[str, pd.DataFrame], path: Path) -> None:
+def exact_match_by_length(tables: dict[str, pd.DataFrame]) -> Figure:
     """Exact match against source length, one line per split (tables: split -> DataFrame length, exact_match)."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
     for split, table in tables.items():
         ax.plot(table["length"], table["exact_match"], marker="o", label=split)
     ax.set_xlabel("source length")
@@ -73,5 +72,4 @@ def exact_match_by_length(tables: dict[str, pd.DataFrame], path: Path) -> None:
     ax.legend()
     ax.set_title("Exact match by source length")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig

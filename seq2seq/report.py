@@ -31,8 +31,8 @@ def draw_curves(history: Path, by_length: Path, out: Path) -> tuple[Path, Path]:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     loss_png, length_png = out.with_name(f"{out.stem}_loss.png"), out.with_name(f"{out.stem}_by_length.png")
-    loss_curves(pd.read_csv(history).to_dict("records"), loss_png)
-    exact_match_by_length({p.stem: pd.read_csv(p) for p in sorted(by_length.glob("*.csv"))}, length_png)
+    loss_curves(pd.read_csv(history).to_dict("records")).savefig(loss_png)
+    exact_match_by_length({p.stem: pd.read_csv(p) for p in sorted(by_length.glob("*.csv"))}).savefig(length_png)
     return loss_png, length_png
 
 

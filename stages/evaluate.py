@@ -5,7 +5,6 @@ stage's history, so that training never imports matplotlib). Writes the run refe
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import click
@@ -54,17 +53,12 @@ def main(params_path: Path, data_dir: Path, checkpoint_path: Path, run_ref: Path
             run.log_params(params.flat("evaluate"))
             run.log_metrics({f"{split}/{k}": v for split, r in results.items() for k, v in r.metrics.items()})
             run.log_table(results["test"].predictions.head(cfg.n_samples), "predictions/test_samples.json")
-            with tempfile.TemporaryDirectory() as tmp:
-                plots = [Path(tmp) / "exact_match_by_length.png", Path(tmp) / "loss_curves.png"]
-                exact_match_by_length(tables, plots[0])
-                loss_curves(history, plots[1])
-                for plot in plots:
-                    run.log_artifact(plot, "plots")
-                test = encoded["test"]
-                samples = attention_samples(model, test, vocab, cfg.n_attention_plots, cfg.max_extra_len, device)
-                for i, (source, predicted, weights) in enumerate(samples):
-                    attention_heatmap(source, predicted, weights, Path(tmp) / f"attention_{i}.png")
-                    run.log_artifact(Path(tmp) / f"attention_{i}.png", "attention")
+            run.log_figure(exact_match_by_length(tables), "plots/exact_match_by_length.png")
+            run.log_figure(loss_curves(history), "plots/loss_curves.png")
+            test = encoded["test"]
+            samples = attention_samples(model, test, vocab, cfg.n_attention_plots, cfg.max_extra_len, device)
+            for i, (source, predicted, weights) in enumerate(samples):
+                run.log_figure(attention_heatmap(source, predicted, weights), f"attention/attention_{i}.png")
             # The outputs last, once the run holds everything: a run that cannot be logged leaves none behind.
             run.sync()
             write_json(metrics_path, {split: result.metrics for split, result in results.items()})

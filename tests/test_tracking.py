@@ -205,6 +205,16 @@ def test_the_keeper_logs_the_run_and_resumes_it(store, tmp_path):
     assert client.get_run(failing.run_id).info.status == "FAILED"
 
 
+def test_the_keepers_warm_up_opens_a_store_that_exists_and_creates_none(store, tmp_path):
+    """While the stage starts, the keeper imports what its first calls need and opens the store, if there is one."""
+    from seq2seq.tracking.keeper import _warm_up
+
+    env, _ = store
+    client, experiment_id = _warm_up(env)
+    assert experiment_id == tracking.experiment_id_of(env) and client.get_experiment(experiment_id)
+    assert _warm_up({"DVC_ROOT": str(tmp_path)}) is None and not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_a_keeper_never_asked_for_a_run_creates_no_store(tmp_path):
     """The keeper imports MLflow before it knows its run; a stage that stops before it logs leaves no store."""

@@ -35,6 +35,7 @@ CALLS = (
     "log_text",
     "log_dataset",
     "log_artifact",
+    "log_figure",
     "log_table",
     "monitor",
     "log_model",
@@ -153,13 +154,13 @@ class RemoteRun:
 def _warm_up(env: Mapping[str, str]) -> tuple | None:
     """Import MLflow and open a SQLite store that exists already, before the stage asks for its run. A store that
     does not exist yet is left for the run to create: a stage that stops before it logs leaves none behind."""
-    uri = resolve_tracking_uri(env)
-    with contextlib.suppress(Exception):  # whatever fails here fails again in open_run, where it is reported
-        # What the stage's first calls would import: the client, and the artifact store log_artifact uses.
-        import mlflow.store.artifact.local_artifact_repository  # noqa: F401
-        from mlflow.tracking import MlflowClient  # noqa: F401
+    # What the stage's first calls would import: the client, and the artifact store log_artifact uses.
+    import mlflow.store.artifact.local_artifact_repo  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
 
-        if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
+    uri = resolve_tracking_uri(env)
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
+        with contextlib.suppress(Exception):  # whatever fails here fails again in open_run, where it is reported
             return open_store(env)
     return None
 

@@ -64,6 +64,10 @@ class Run:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib Figure as an image artifact (the run's Artifacts tab)."""
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
     def log_table(self, frame: Any, artifact_file: str) -> None:
         """A DataFrame as a table artifact the MLflow UI renders (the run's Artifacts tab)."""
         self.client.log_table(self.run_id, data=frame, artifact_file=artifact_file)
