@@ -94,7 +94,8 @@ class DvcError(RuntimeError):
 
 
 def dvc_exp_links(run_ref_file: str) -> list[dict[str, str]]:
-    """exp_links of `dvc exp show --json` in the working directory's repository."""
+    """exp_links of `dvc exp show --json` in the working directory's repository. Not `dvc.api.exp_show`: its rows
+    cut each experiment's commit to 7 characters, and the runs are tagged with the whole commit."""
     shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
     if shown.returncode != 0:
         raise DvcError(f"dvc exp show failed: {shown.stderr.strip()}")

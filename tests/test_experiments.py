@@ -1,5 +1,6 @@
 """DVC experiments land in the main MLflow store exactly once, however they run: queued in parallel, in a temp
-dir, over DVC's run-cache, or through a tracking server. Runs on a tiny profile in a temp copy of the repo."""
+dir, over DVC's run-cache, or through a tracking server (on PostgreSQL here; tests/test_team.py and
+test_store_faults.py run one on SQLite). Runs on a tiny profile in a temp copy of the repo."""
 
 from __future__ import annotations
 
@@ -123,21 +124,6 @@ def test_run_cache_never_skips_an_evaluation(repo):
     evaluation = json.loads((repo / "models" / "eval_run.json").read_text())["run_id"]
     assert client.get_run(evaluation).data.params["evaluate.beam_size"] == "1"
     assert sum(len(v) for v in _runs_by_name(client).values()) == before + 2
-
-
-def test_queued_experiment_through_a_tracking_server(repo, tmp_path):
-    store = tmp_path / "server"
-    store.mkdir()
-    cmd = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db"]
-    # One worker, not MLflow's 4: one experiment needs no more, and each starts by importing MLflow (seconds of CPU).
-    cmd += ["--artifacts-destination", str(store / "artifacts"), "--workers", "1"]
-    with server(cmd, "/health", tmp_path / "server.log", seconds=180, cwd=tmp_path, env=env()) as uri:
-        run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.004"], repo)
-        _drain_queue(repo, jobs=1, MLFLOW_TRACKING_URI=uri)
-        client = _client(uri)
-        (name,) = _runs_by_name(client)
-        _assert_one_run_with_a_loadable_model(client, name)
-        assert any((store / "artifacts").rglob("model.onnx"))  # proxied: stored by the server
 
 
 def test_queued_experiment_through_a_tracking_server_on_postgresql(repo, tmp_path):
