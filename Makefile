@@ -17,7 +17,7 @@ PROMOTE ?= 0
 OVERRIDES ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup run test test-fast lint format ui promote retrain sweep server lock clean
+.PHONY: help setup run plots test test-fast lint format ui promote retrain sweep server lock clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -34,10 +34,14 @@ run: $(STAMP)  ## set up, run the whole pipeline (dvc repro), show the metrics
 	@echo
 	dvc metrics show
 	@echo
-	@echo "Metrics: metrics/*.json (dvc metrics show). Curves: the MLflow UI below (offline), or dvc plots show"
-	@echo "(its HTML page loads its chart library from a CDN: it renders only online)."
+	@echo "Metrics: metrics/*.json (dvc metrics show). Curves: the MLflow UI below, or make plots (DVC's, offline)."
 	@echo "MLflow store: $$(seq2seq tracking-uri)"
 	@echo "Open the MLflow UI: make ui   (then $$(seq2seq ui-url --port $(PORT)))"
+
+plots: $(STAMP)  ## dvc plots show, on a page that renders offline (DVC's own loads its chart library from a CDN)
+	@mkdir -p .dvc/tmp
+	python -c 'from seq2seq.compare import offline_plots_template as t; open(".dvc/tmp/plots.html", "w").write(t())'
+	dvc plots show --html-template .dvc/tmp/plots.html
 
 test: $(STAMP)  ## set up and run the tests, a test file per CPU at a time (TEST_JOBS=0: in one process)
 	pytest -n $(TEST_JOBS) --dist loadfile --durations=15

@@ -212,3 +212,14 @@ def write_html(path: Path, table: pd.DataFrame, metric: str, param: str | None, 
     notes = [f"store: {redact(tracking.resolve_tracking_uri())}", f"{len(table)} runs, sorted by {sort_by}"]
     page = variants_page(table, val_loss, metric, param, notes)
     atomic_write(path, lambda tmp: tmp.write_text(page))
+
+
+def offline_plots_template() -> str:
+    """A page for `dvc plots show --html-template` that renders offline. DVC's own page loads Vega from a CDN, a
+    blank page without the network, and DVC ships no offline one: this inlines Vega, Vega-Lite 5 and vega-embed as
+    vl-convert bundles them (a PyPI wheel, nothing downloaded at run time); DVC fills `{plot_divs}`."""
+    import vl_convert
+
+    bundle = vl_convert.javascript_bundle(vl_version="5.21")  # DVC writes Vega-Lite 5 specs
+    head = f'<meta charset="utf-8">\n<title>DVC plots</title>\n<script>\n{bundle}\n</script>'
+    return f"<!DOCTYPE html>\n<html>\n<head>\n{head}\n</head>\n<body>\n{{plot_divs}}\n</body>\n</html>\n"

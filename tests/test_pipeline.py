@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -253,3 +254,17 @@ def test_killed_training_resumes_and_equals_an_uninterrupted_run(tmp_path):
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     assert client.get_run(resumed_run).data.tags["resumed_after_epoch"] == str(saved_epoch)
     assert client.get_run(resumed_run).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_make_plots_renders_dvcs_plots_on_a_page_that_needs_no_network(tiny_pipeline, tmp_path):
+    """`make plots`' own commands, run on the tiny pipeline: every plot's vegaEmbed call, the libraries inlined, and
+    no script, style or image fetched from anywhere (DVC's default page loads Vega from a CDN)."""
+    made = subprocess.run(["make", "-s", "-n", "plots"], cwd=ROOT, env=env(), capture_output=True, text=True)
+    commands = made.stdout[made.stdout.index("mkdir -p .dvc/tmp") :].splitlines()
+    work = copy_repo(tiny_pipeline, tmp_path)
+    for command in commands:
+        run(["bash", "-c", command], work)
+    page = (work / "dvc_plots" / "index.html").read_text()
+    assert "window.vegaEmbed=" in page and page.count("vegaEmbed('#") >= 3  # this pipeline's plots
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "the page fetches something"
