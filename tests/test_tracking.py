@@ -99,9 +99,7 @@ def test_run_logs_params_metrics_with_steps_and_finishes(store, tmp_path, monkey
         run.log_params({"model.hidden_dim": 64, "train.lr": 0.003})
         run.log_metrics({"train_loss": 2.0, "val_loss": 2.5}, step=1)
         run.log_metrics({"train_loss": 1.0, "val_loss": 1.5}, step=2)
-        artifact = tmp_path / "note.txt"
-        artifact.write_text("hello")
-        run.log_artifact(artifact, "notes")
+        run.log_text("hello", "notes/note.txt")
         tracking.write_reference(run, tmp_path / "run.json")
     data = client.get_run(run.run_id)
     assert data.info.status == "FINISHED" and data.info.run_name == "exp-one"
@@ -176,19 +174,20 @@ def test_system_metrics_when_enabled(store):
 
 @pytest.mark.slow
 def test_the_keeper_logs_the_run_and_resumes_it(store, tmp_path):
+    from seq2seq.plots import loss_curves
+
     env, client = store
-    artifact = tmp_path / "params.yaml"
-    artifact.write_text("a: 1\n")
+    figure = loss_curves([{"epoch": 1, "train_loss": 2.0, "val_loss": 2.5, "val_exact_match": 0.0}])
     with tracking.Keeper(env) as keeper, keeper.run("train") as run:
         run.log_params({"train.lr": 0.003})
-        run.log_artifact(artifact)
+        run.log_figure(figure, "plots/loss_curves.png")  # a Figure, pickled to the keeper
         run.log_metrics({"val_loss": 2.5}, step=1)
         run.log_metrics({"val_loss": 1.5}, step=2)
     data = client.get_run(run.run_id)
     assert data.info.status == "FINISHED" and data.data.params == {"train.lr": "0.003"}
     assert data.data.tags["stage.train"] == "done"
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val_loss")] == [(1, 2.5), (2, 1.5)]
-    assert [a.path for a in client.list_artifacts(run.run_id)] == ["params.yaml"]
+    assert [a.path for a in client.list_artifacts(run.run_id, "plots")] == ["plots/loss_curves.png"]
 
     with (
         tracking.Keeper(env) as keeper,

@@ -34,19 +34,18 @@ CALLS = (
     "set_tags",
     "log_text",
     "log_dataset",
-    "log_artifact",
     "log_figure",
     "log_table",
     "monitor",
     "log_model",
     "end",
 )
-# Calls the stage waits for: the others' errors come at the next wait. log_artifact and log_model read a file the
-# stage may delete as soon as the call returns. log_metrics (one log_batch an epoch, a few milliseconds): an
+# Calls the stage waits for: the others' errors come at the next wait. log_model reads a folder the stage may delete
+# as soon as the call returns. log_metrics (one log_batch an epoch, a few milliseconds): an
 # epoch's metrics are in the store before its training state is saved, so a store that stops or locks mid-training
 # stops the stage at that epoch, within MLflow's bounded retries (store.py), and the rerun resumes there in the
 # same run, logging every epoch once.
-ANSWERED = ("log_metrics", "log_artifact", "log_model", "end")
+ANSWERED = ("log_metrics", "log_model", "end")
 
 
 class Keeper:
@@ -154,7 +153,7 @@ class RemoteRun:
 def _warm_up(env: Mapping[str, str]) -> tuple | None:
     """Import MLflow and open a SQLite store that exists already, before the stage asks for its run. A store that
     does not exist yet is left for the run to create: a stage that stops before it logs leaves none behind."""
-    # What the stage's first calls would import: the client, and the artifact store log_artifact uses.
+    # What the stage's first calls would import: the client, and the artifact store log_text uses.
     import mlflow.store.artifact.local_artifact_repo  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
 

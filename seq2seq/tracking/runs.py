@@ -61,9 +61,6 @@ class Run:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
-
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         """A matplotlib Figure as an image artifact (the run's Artifacts tab)."""
         self.client.log_figure(self.run_id, figure, artifact_file)
