@@ -48,7 +48,10 @@ def _torch() -> str:
 
 
 def _commit() -> str:
-    """HEAD's hash, with "+uncommitted" when tracked files differ from it (the figures may not be HEAD's)."""
+    """HEAD's hash, with "+uncommitted" when tracked files differ from it (the figures may not be HEAD's). A copy of
+    the tree without .git (the GPU machine's) says its commit in BENCH_COMMIT: `BENCH_COMMIT=$(git rev-parse HEAD)`."""
+    if not (ROOT / ".git").exists() and os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if head.returncode != 0:
         return "unknown (not a git checkout)"

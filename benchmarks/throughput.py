@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import click
 import torch
 import yaml
 
+from benchmarks.provenance import stamp
 from benchmarks.reference import ReferenceSeq2Seq
 from seq2seq.model import ModelConfig, Seq2Seq, sequence_loss
 from seq2seq.train import TrainConfig, adam, training_loss
@@ -173,7 +176,8 @@ def main(
             floor = r["floor_tokens_per_s"]
             click.echo(f"{name:<8} {'FLOP floor':<14} {floor:>10.0f}   ({r['step_gflop']:.2f} GFLOP a step)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"device": str(dev), "torch": torch.__version__, "peak_tflops": peak_tflops, "results": results}
+    result = {"device": str(dev), "peak_tflops": peak_tflops, "results": results}
+    result["provenance"] = stamp(shlex.join(["python", "-m", "benchmarks.throughput", *sys.argv[1:]]))
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
