@@ -49,8 +49,8 @@ def _torch() -> str:
 
 def _commit() -> str:
     """HEAD's hash, with "+uncommitted" when tracked files differ from it (the figures may not be HEAD's). A copy of
-    the tree without .git (the GPU machine's) says its commit in BENCH_COMMIT: `BENCH_COMMIT=$(git rev-parse HEAD)`."""
-    if not (ROOT / ".git").exists() and os.environ.get("BENCH_COMMIT"):
+    the tree whose .git is not its own (the GPU machine's) says its commit in BENCH_COMMIT=$(git rev-parse HEAD)."""
+    if os.environ.get("BENCH_COMMIT"):
         return os.environ["BENCH_COMMIT"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if head.returncode != 0:
