@@ -15,6 +15,10 @@ TEST_JOBS ?= auto
 PROFILE ?= default
 PROMOTE ?= 0
 OVERRIDES ?=
+# MLflow's server-side job runner (GenAI's scorers and prompt optimization) off for `make ui` and `make server`: this
+# project submits no jobs, and the runner is half a dozen more processes that each import MLflow (a server's start
+# took 18 s of CPU with it, 8 s without). tests/helpers.server starts the tests' servers the same way.
+SERVE := MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help setup run plots test test-fast lint format ui promote retrain sweep server lock clean
@@ -61,7 +65,7 @@ ui: $(STAMP)  ## serve the MLflow UI for the local store on 127.0.0.1 (PORT, def
 	@uri="$${MLFLOW_TRACKING_URI:-$$(seq2seq tracking-uri)}"; case "$$uri" in http://*|https://*) \
 	  echo "MLFLOW_TRACKING_URI is a tracking server: its own UI is $$(seq2seq tracking-uri) (nothing to serve here)"; exit 0;; esac; \
 	echo "Runs table: $$(seq2seq ui-url --port $(PORT))"; \
-	mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT)
+	$(SERVE) ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT)
 
 promote: $(STAMP)  ## register the last exported model; make it champion if it beats the current one
 	seq2seq promote --run-ref models/export/mlflow_run.json
@@ -82,7 +86,7 @@ sweep: $(STAMP)  ## a 2x2 grid (train.lr x model.hidden_dim) through the DVC que
 server: $(STAMP)  ## a tracking server on 127.0.0.1:SERVER_PORT (5001): SQLite in mlserver/, or DB=postgres on PG_URI
 	@mkdir -p $(ARTIFACTS)
 	@echo "Log to it: export MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT)"
-	mlflow server --backend-store-uri "$(if $(filter postgres,$(DB)),$(PG_URI),sqlite:///$(CURDIR)/mlserver/mlflow.db)" \
+	$(SERVE) server --backend-store-uri "$(if $(filter postgres,$(DB)),$(PG_URI),sqlite:///$(CURDIR)/mlserver/mlflow.db)" \
 	  --artifacts-destination "$(ARTIFACTS)" --host 127.0.0.1 --port $(SERVER_PORT)
 
 lock: $(STAMP)  ## rewrite requirements/constraints.txt from the current venv

@@ -184,6 +184,8 @@ def server(cmd: list[str], health: str, log: Path, attempts: int = 3, seconds: f
     A free port is released before the server binds it, so a parallel test worker can take it in between: a server
     that dies of that is started again on another port, rather than failing the test.
     """
+    # Without MLflow's job runner, as make server and make ui run it (Makefile: SERVE)
+    popen["env"] = {**popen.get("env", os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     for attempt in range(attempts):
         port = free_port()
         with log.open("w") as out:

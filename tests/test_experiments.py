@@ -134,6 +134,7 @@ def test_queued_experiment_through_a_tracking_server_on_postgresql(repo, tmp_pat
             ["make", "-s", "-n", "server", "DB=postgres", f"PG_URI={database}", f"ARTIFACTS={tmp_path / 'artifacts'}"],
             cwd=ROOT, env=env(), capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
+        assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server" in made  # as server() starts it
         command = shlex.split(made[made.index("mlflow server") :].replace("\\\n", " "))
         assert command[command.index("--backend-store-uri") + 1] == database
         command = [*command[: command.index("--host")], "--workers", "1"]  # server() adds its own host and port
