@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import commit, copy_repo, env, run, server, tiny_repo
+from tests.helpers import commit, copy_repo, env, run, server
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def _exp_show(repo: Path) -> dict[str, dict]:
     }
 
 
-def test_three_clones_share_data_models_and_experiments_through_the_remotes(tmp_path):
+def test_three_clones_share_data_models_and_experiments_through_the_remotes(tiny_pipeline, tmp_path):
     team, storage = tmp_path / "team.git", tmp_path / "dvc-storage"
     run(["git", "init", "-q", "--bare", "-b", "main", str(team)], tmp_path)  # clones check out main
     store = tmp_path / "server"
@@ -47,11 +47,11 @@ def test_three_clones_share_data_models_and_experiments_through_the_remotes(tmp_
     cmd += ["--artifacts-destination", str(store / "artifacts")]
     with server(cmd, "/health", tmp_path / "server.log", seconds=180, cwd=tmp_path, env=env()) as uri:
         tracked = {"MLFLOW_TRACKING_URI": uri, **IDENTITY}
-        # Clone A sets the remotes up, trains, and shares the results: dvc push, git push.
-        a = tiny_repo(tmp_path / "a", run_pipeline=False)
+        # Clone A has trained (its `dvc repro` is the session's tiny pipeline, logged to its own store: the runs
+        # this test follows are the variants below), sets the remotes up and shares the results: dvc push, git push.
+        a = copy_repo(tiny_pipeline, tmp_path / "a")
         run(["dvc", "remote", "add", "-d", "storage", str(storage)], a)
         run(["git", "remote", "add", "origin", str(team)], a)
-        run(["dvc", "repro"], a, **tracked)
         commit(a, "trained")
         run(["dvc", "push"], a)
         run(["git", "push", "-q", "origin", "HEAD:main"], a)
