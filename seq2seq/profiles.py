@@ -63,7 +63,9 @@ def apply(params_path: Path, profile: Path | None = None, overrides: Sequence[st
     round_trip = YAML()  # keeps params.yaml's comments and order, as `dvc exp run -S` does
     try:
         merged = round_trip.load(params_path.read_text())
-    except (OSError, YAMLError) as err:
+    except OSError as err:  # the path is already the message's first word: the OS's reason alone after it
+        raise ProfileError(f"{params_path}: cannot read: {err.strerror}") from None
+    except YAMLError as err:
         raise ProfileError(f"{params_path}: {describe(err)}") from None
     if not isinstance(merged, dict):
         raise ProfileError(f"{params_path}: maps sections to keys and values, not a {type(merged).__name__}")

@@ -128,6 +128,15 @@ def test_apply_profile_reads_overrides_as_dvc_exp_run_does(tmp_path):
     assert load_params(path).train.lr == 0.001 and "# the seed's sizes" in path.read_text()
 
 
+def test_apply_profile_to_a_params_file_that_is_not_there_is_one_line(tmp_path):
+    from seq2seq.cli import main
+
+    missing = tmp_path / "params.yaml"
+    result = CliRunner().invoke(main, ["apply-profile", "--params", str(missing), "--set", "train.lr=1e-3"])
+    assert result.exit_code == 2 and result.output == f"Error: {missing}: cannot read: No such file or directory\n"
+    assert not missing.exists()
+
+
 SIZES = [
     # (section, key, value, the key named, what the message says it needs)
     ("model", "hidden_dim", 1_000_000, "model.hidden_dim", "GiB to train at batch size"),
