@@ -5,6 +5,8 @@
 # compilation still leaves the other figures. Figures land in $OUT (default: /tmp/out). Exit: the tests' status,
 # and 1 without anything run when torch sees no CUDA device: the gpu tests skip themselves there, and a run of
 # nothing but skips would otherwise pass (a CPU-only torch wheel, a broken driver).
+# The throughput JSON records its commit (benchmarks/provenance.py): where the tree is a copy whose .git is not its
+# own (the device tool's), name it: BENCH_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
