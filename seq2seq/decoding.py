@@ -1,5 +1,5 @@
-"""Batched beam search and sequence scoring for the Seq2Seq model (greedy decoding is `Seq2Seq.generate`); the
-beams advance through `Seq2Seq.decode_step`, the step every decoder runs."""
+"""Batched beam search for the Seq2Seq model (greedy decoding is `Seq2Seq.generate`); the beams advance through
+`Seq2Seq.decode_step`, the step every decoder runs."""
 
 from __future__ import annotations
 
@@ -48,12 +48,3 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, beam_s
             break
     best = (base.squeeze(1) + scores.argmax(dim=1)).reshape(-1)  # (B,)
     return sequences[best]
-
-
-@torch.no_grad()
-def sequence_log_prob(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(B,) log-probability of each decoded sequence (ids up to and including its <eos>, then pad)."""
-    bos = torch.full((tokens.shape[0], 1), model.bos_id, dtype=torch.long, device=tokens.device)
-    logits = model(src, src_len, torch.cat([bos, tokens[:, :-1]], dim=1))  # (B, T, V)
-    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return log_probs.masked_fill(tokens == model.pad_id, 0.0).sum(1)

@@ -13,7 +13,7 @@ from torch import nn
 
 from seq2seq import distributed, evaluation
 from seq2seq.data import encode_split, pad_batch
-from seq2seq.decoding import beam_search, sequence_log_prob
+from seq2seq.decoding import beam_search
 from seq2seq.distributed import Context
 from seq2seq.evaluation import EvaluateConfig, corpus_bleu, exact_match_by_length
 from seq2seq.metrics import exact_matches, token_matches
@@ -188,6 +188,15 @@ def trained(tiny_dataset):
     result = fit(model, splits["train"], splits["val"], cfg, torch.device("cpu"), lambda *a: None, max_extra_len=3)
     model.load_state_dict(result.best_state)
     return model.eval(), splits
+
+
+@torch.no_grad()
+def sequence_log_prob(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B,) log-probability of each decoded sequence (ids up to and including its <eos>, then pad)."""
+    bos = torch.full((tokens.shape[0], 1), model.bos_id, dtype=torch.long, device=tokens.device)
+    logits = model(src, src_len, torch.cat([bos, tokens[:, :-1]], dim=1))  # (B, T, V)
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return log_probs.masked_fill(tokens == model.pad_id, 0.0).sum(1)
 
 
 def test_beam_of_one_is_greedy_and_wider_beams_score_at_least_as_high(trained):
