@@ -96,3 +96,27 @@ def test_the_step_profile_files_every_product_kernel_of_a_real_step_under_gemm()
     assert {name: categorise(name) for name in fused} == dict.fromkeys(fused, "rnn")
     per_step = result["per_step_s"]
     assert per_step["gemm"] > 0 and per_step["rnn"] > 0 and per_step["other"] > 0
+
+
+def test_the_suite_profile_logs_every_python_process_by_what_it_was(tmp_path):
+    """benchmarks.suite_profile's sitecustomize, in real processes: one that exits normally, one that leaves by
+    os._exit (as the keeper does), one run as `python -c CODE` (named by its code), one spinning for its CPU time."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.suite_profile import SITECUSTOMIZE, kind, summarise
+
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = tmp_path / "log"
+    log.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "SUITE_PROFILE_LOG": str(log)}
+    spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    for code in ("pass", "import os; os._exit(0)", "from seq2seq.tracking.keeper import serve", spin):
+        subprocess.run([sys.executable, "-c", code], env=env, check=False, cwd=tmp_path)
+    rows = summarise(log)
+    assert rows["other"]["processes"] == 3 and rows["keeper (MLflow logging)"]["processes"] == 1, rows
+    assert rows["other"]["cpu_s"] >= 0.3  # the spinning one's CPU, counted
+    assert kind("/v/bin/python -m stages.train --params p") == "stage train"
+    assert kind("/v/bin/python /v/bin/dvc exp run -S train.lr=0.1") == "dvc exp run"
+    assert kind("/v/bin/python -u -c import sys;exec(eval(sys.stdin.readline()))") == "pytest (in-process tests)"
