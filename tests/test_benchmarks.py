@@ -114,8 +114,8 @@ def test_the_suite_profile_logs_every_python_process_by_what_it_was(tmp_path):
     spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
     for code in ("pass", "import os; os._exit(0)", "from seq2seq.tracking.keeper import serve", spin):
         subprocess.run([sys.executable, "-c", code], env=env, check=False, cwd=tmp_path)
-    rows = summarise(log)
-    assert rows["other"]["processes"] == 3 and rows["keeper (MLflow logging)"]["processes"] == 1, rows
+    rows = {row["process"]: row for row in summarise(log)}
+    assert rows["other"]["runs"] == 3 and rows["keeper (MLflow logging)"]["runs"] == 1, rows
     assert rows["other"]["cpu_s"] >= 0.3  # the spinning one's CPU, counted
     assert kind("/v/bin/python -m stages.train --params p") == "stage train"
     assert kind("/v/bin/python /v/bin/dvc exp run -S train.lr=0.1") == "dvc exp run"
