@@ -215,12 +215,42 @@ def test_the_keepers_warm_up_opens_a_store_that_exists_and_creates_none(store, t
 
 
 @pytest.mark.slow
-def test_a_keeper_never_asked_for_a_run_creates_no_store(tmp_path):
-    """The keeper imports MLflow before it knows its run; a stage that stops before it logs leaves no store."""
+def test_a_keeper_never_asked_for_a_run_stops_in_its_import_and_creates_no_store(tmp_path):
+    """The keeper imports MLflow before it knows its run; a stage that stops before it logs (bad params or input)
+    stops it there rather than waiting for the import, and leaves no store."""
     with tracking.Keeper({"DVC_ROOT": str(tmp_path)}) as keeper:
         pass
+    assert keeper.process.returncode == -signal.SIGTERM
+    assert not any(tmp_path.iterdir())
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """Linux: SIGTERM's bit in the process's mask of ignored signals."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.slow
+def test_a_keeper_let_go_while_it_opens_the_store_finishes_opening_it(store):
+    """The first-contact lock held: the keeper waits in the opening, where it ignores SIGTERM; let go there, it
+    opens the store once the lock is free and exits cleanly instead of dying in the middle of it."""
+    import fcntl
+
+    env, _ = store
+    db = Path(tracking.resolve_tracking_uri(env).removeprefix("sqlite:///"))
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        keeper = tracking.Keeper(env)
+        deadline = time.monotonic() + 60
+        while not _ignores_sigterm(keeper.process.pid):  # its imports done, it waits for the lock
+            assert keeper.process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        keeper.process.terminate()
+        time.sleep(0.5)
+        assert keeper.process.poll() is None  # still waiting for the lock, not killed
+    keeper.close()  # the lock released as the file closed
     assert keeper.process.returncode == 0
-    assert not (tmp_path / tracking.DB_FILE).exists()
 
 
 def _wait_while_running(client, run_id: str, seconds: float = 60) -> str:
@@ -375,6 +405,32 @@ def test_a_run_names_its_source_and_the_datasets_it_used(store, tmp_path):
         ("reverse-val", "ab" * 16),
     }
     assert str(tmp_path / "data") in inputs[0].dataset.source
+
+
+def test_a_dataset_insert_lost_to_a_parallel_run_is_tried_again(store, tmp_path):
+    """MLflow's database store looks up which datasets exist, then inserts the others: two queued experiments on a
+    PostgreSQL server logging the same data at once failed one of them on the dataset's primary key (seen in
+    test_experiments). That insert rolled back, so the run tries once more and finds the other's row."""
+    from mlflow.exceptions import MlflowException
+
+    env, client = store
+
+    class LosesTheFirstInsert:
+        def __init__(self, real) -> None:
+            self.real, self.calls = real, 0
+
+        def log_inputs(self, run_id, inputs):
+            self.calls += 1
+            if self.calls == 1:
+                raise MlflowException('duplicate key value violates unique constraint "dataset_pk"')
+            return self.real.log_inputs(run_id, inputs)
+
+    with in_process("train", env) as run:
+        raced = run.client = LosesTheFirstInsert(run.client)
+        run.log_dataset("reverse", "cd" * 40, tmp_path / "data", ("train",))
+        run.client = raced.real
+    assert raced.calls == 2
+    assert [i.dataset.name for i in client.get_run(run.run_id).inputs.dataset_inputs] == ["reverse-train"]
 
 
 def test_an_experiments_run_describes_what_it_changed(tmp_path, monkeypatch):

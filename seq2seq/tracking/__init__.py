@@ -5,8 +5,8 @@ through; registry: reading runs back and the model registry (`from seq2seq.track
 pyfunc_model.py: the served model, logged from code.
 """
 
-from seq2seq.tracking.keeper import Keeper
-from seq2seq.tracking.runs import OWNER_TAG, ending, open_run, write_reference
+from seq2seq.tracking.keeper import Keeper, ending
+from seq2seq.tracking.runs import OWNER_TAG, open_run, write_reference
 from seq2seq.tracking.store import (
     DB_FILE,
     RunUnavailable,

@@ -3,7 +3,7 @@
 Why a process: importing MLflow and opening the store cost about 4 s of Python, over 2% of a default-profile
 train stage when the training process does it (benchmarks/logging_overhead.py measures both designs); the keeper
 does it on another core while the stage imports torch and loads its data. It is also the one guard of the run's
-final status: the stage ends the run (FINISHED, FAILED, KILLED: `runs.ending`), and if its connection closes
+final status: the stage ends the run (FINISHED, FAILED, KILLED: `ending`), and if its connection closes
 without that (SIGKILL, the OOM killer) the keeper marks the run KILLED, unless a rerun owns it by then. Its own
 process group: a signal to the stage's group (DVC stopping its stage, `kill -9 -PGID`) leaves it alive for that.
 
@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from seq2seq.tracking.runs import Run, ending, open_run
+from seq2seq.tracking.runs import Run, open_run
 from seq2seq.tracking.store import TrackingError, cause, open_store, resolve_tracking_uri
 
 CALLS = (
@@ -67,7 +67,7 @@ class Keeper:
             process_group=0,
         )
         theirs.close()
-        self.conn = ours
+        self.conn, self.asked = ours, False
 
     def __enter__(self) -> Keeper:
         return self
@@ -76,8 +76,12 @@ class Keeper:
         self.close()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Let the keeper go: it has ended its run by now, or never opened one (it then finishes its warm-up,
-        which may be opening the store, rather than dying in the middle of it)."""
+        """Let the keeper go: it has ended its run by now, or was never asked for one. Then a stage that failed
+        early (bad params or input) need not wait for MLflow's import: SIGTERM stops it there; one that is opening
+        the store by then finishes it (`_serve`) rather than dying in the middle of a write."""
+        if not self.asked:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
         self.conn.close()
         try:
             self.process.wait(timeout)
@@ -87,7 +91,8 @@ class Keeper:
 
     @contextlib.contextmanager
     def run(self, stage: str, **how: Any) -> Iterator[RemoteRun]:
-        """`runs.open_run(stage, **how)` in the keeper, ended by `runs.ending` when the block ends."""
+        """`runs.open_run(stage, **how)` in the keeper, ended by `ending` when the block ends."""
+        self.asked = True
         opened = RemoteRun(self.conn, dict(stage=stage, **how))
         with ending(opened):
             yield opened
@@ -150,13 +155,38 @@ class RemoteRun:
         return functools.partial(self._call, name)
 
 
-def _warm_up(env: Mapping[str, str]) -> tuple | None:
-    """Import MLflow and open a SQLite store that exists already, before the stage asks for its run. A store that
-    does not exist yet is left for the run to create: a stage that stops before it logs leaves none behind."""
-    # What the stage's first calls would import: the client, and the artifact store log_text uses.
-    import mlflow.store.artifact.local_artifact_repo  # noqa: F401
-    from mlflow.tracking import MlflowClient  # noqa: F401
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the run is closed as KILLED instead of left RUNNING."""
 
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def ending(run: Any) -> Iterator[Any]:
+    """Ends `run` when the block ends: FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield run
+        run.sync()  # a call's error, raised here, ends the run FAILED rather than FINISHED
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):  # the interruption is what the stage reports, not a logging error
+            run.end("KILLED")
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):  # likewise the failure
+            run.end("FAILED")
+        raise
+    else:
+        run.end("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _warm_up(env: Mapping[str, str]) -> tuple | None:
+    """Open a SQLite store that exists already, before the stage asks for its run. A store that does not exist
+    yet is left for the run to create: a stage that stops before it logs leaves none behind."""
     uri = resolve_tracking_uri(env)
     if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
         with contextlib.suppress(Exception):  # whatever fails here fails again in open_run, where it is reported
@@ -183,7 +213,14 @@ def _serve(conn: Connection) -> None:
     # Background work: on cores that training keeps busy, it runs in their idle moments instead of taking turns
     # with the training threads (when the stage waits on it, it has a core).
     os.nice(19)
+    # What the stage's first calls would import: the client, and the artifact store log_text uses. Nothing is
+    # written until the store opens: a SIGTERM (Keeper.close, no run asked) stops the import, not the opening.
+    import mlflow.store.artifact.local_artifact_repo  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     store = _warm_up(os.environ)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         _, (how,), _ = conn.recv()
     except EOFError:  # the stage stopped before it needed a run

@@ -5,13 +5,11 @@ Stages never call this directly: they talk to a keeper process (keeper.py), whic
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -85,12 +83,19 @@ class Run:
         """The data the run used, as MLflow dataset inputs, one per split (`contexts`): the runs table's Dataset
         column and the run's Datasets section."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         def split(context: str) -> Dataset:  # one per split: MLflow keeps one input per (name, digest)
             return Dataset(f"{name}-{context}", digest[:32], "local", json.dumps({"uri": str(source)}))
 
         inputs = [DatasetInput(split(c), [InputTag("mlflow.data.context", c)]) for c in contexts]
-        self.client.log_inputs(self.run_id, inputs)
+        try:
+            self.client.log_inputs(self.run_id, inputs)
+        except MlflowException:
+            # MLflow's database store looks up which datasets exist, then inserts the others: two runs logging the
+            # same data at once (queued experiments in parallel, a server on PostgreSQL) race, and one insert fails
+            # on the dataset's primary key. Its transaction rolled back; a second try finds the other's row.
+            self.client.log_inputs(self.run_id, inputs)
 
     def log_model(self, export_dir: Path, example: list[str], metrics: Mapping[str, float]) -> str:
         """The export folder as a pyfunc model logged from code (DataFrame `source` -> `prediction`), named after
@@ -217,32 +222,3 @@ def _copy_metric_histories(client: Any, source: Any, run_id: str) -> None:
     ]
     for start in range(0, len(points), 1000):  # log_batch takes at most 1000 metrics a call
         client.log_batch(run_id, metrics=points[start : start + 1000])
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so the run is closed as KILLED instead of left RUNNING."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def ending(run: Any) -> Iterator[Any]:
-    """Ends `run` when the block ends: FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM)."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield run
-        run.sync()  # a call's error, raised here, ends the run FAILED rather than FINISHED
-    except KeyboardInterrupt:
-        with contextlib.suppress(Exception):  # the interruption is what the stage reports, not a logging error
-            run.end("KILLED")
-        raise
-    except BaseException:
-        with contextlib.suppress(Exception):  # likewise the failure
-            run.end("FAILED")
-        raise
-    else:
-        run.end("FINISHED")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
