@@ -137,17 +137,16 @@ def link(run_ref_file: str) -> None:
         links = dvc_exp_links(run_ref_file)
     except DvcError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"tagged {registry.link_experiments(links)} runs of {len(links)} experiments")
+    tagged, elsewhere = registry.link_experiments(links)
+    click.echo(f"tagged {tagged} runs of {len(links) - len(elsewhere)} experiments")
+    if elsewhere:  # logged to another store (before MLFLOW_TRACKING_URI named a team's server), or deleted
+        click.echo(f"left alone, their runs are not in this store: {', '.join(elsewhere)}")
 
 
 @main.command()
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
 @click.option("--sort-by", default="test/exact_match", show_default=True)
-@click.option(
-    "--ascending/--descending",
-    default=None,
-    help="Sort order (default: best first: losses and perplexities ascending, other metrics descending).",
-)
+@click.option("--ascending/--descending", default=None, help="Default: best first (losses low, scores high).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 @click.option("--html", "html_path", type=_FILE, help="Also write a report.")
 @click.option("--metric", default="test/exact_match", show_default=True, help="The report's metric-vs-param plot.")

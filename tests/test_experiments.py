@@ -1,6 +1,6 @@
-"""DVC experiments land in the main MLflow store exactly once, however they run: queued in parallel, in a temp
-dir, over DVC's run-cache, or through a tracking server (on PostgreSQL here; tests/test_team.py and
-test_store_faults.py run one on SQLite). Runs on a tiny profile in a temp copy of the repo."""
+"""DVC experiments land in the main MLflow store exactly once, however they run: in a temp dir (the SQLite store
+found through DVC_ROOT), over DVC's run-cache, queued in parallel through a tracking server (on PostgreSQL here;
+tests/test_team.py and test_store_faults.py run one on SQLite). Runs on a tiny profile in a temp copy of the repo."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def _drain_queue(repo: Path, jobs: int, timeout: float = 600, **extra: str) -> N
             break
         assert time.monotonic() < deadline, status
         time.sleep(2)
-    assert "Failed" not in status, status
+    failed = [line.split()[1] for line in status.splitlines() if line.split()[-1:] == ["Failed"]]
+    assert not failed, status + "".join(run(["dvc", "queue", "logs", name], repo) for name in failed)
 
 
 def _experiment_names(repo: Path) -> set[str]:
@@ -74,22 +75,6 @@ def _assert_one_run_with_a_loadable_model(client, name: str) -> None:
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(run_.data.tags["model_uri"])
     assert len(model.predict(pd.DataFrame({"source": ["1 2 3"]}))) == 1
-
-
-def test_queued_experiments_in_parallel_each_land_once(repo):
-    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.005,0.02"], repo)
-    _drain_queue(repo, jobs=2)
-    names = _experiment_names(repo)
-    assert len(names) == 2
-    client = _client(f"sqlite:///{repo}/mlflow.db")
-    for name in names:  # the temp dirs are gone; runs and models are in the main store
-        _assert_one_run_with_a_loadable_model(client, name)
-    assert not list((repo / ".dvc" / "tmp" / "exps").glob("tmp*/mlflow.db"))
-
-    out = run(["seq2seq", "link"], repo)
-    assert "tagged 2 runs of 2 experiments" in out
-    commits = {r.data.tags.get("dvc_exp_commit") for n in names for r in _runs_by_name(client)[n]}
-    assert None not in commits and len(commits) == 2
 
 
 def test_temp_experiment_lands_in_the_main_store_and_is_promoted_by_name(repo):
@@ -126,9 +111,11 @@ def test_run_cache_never_skips_an_evaluation(repo):
     assert sum(len(v) for v in _runs_by_name(client).values()) == before + 2
 
 
-def test_queued_experiment_through_a_tracking_server_on_postgresql(repo, tmp_path):
-    """`make server DB=postgres`'s own command on a throw-away PostgreSQL cluster: a queued experiment lands once,
-    its params, its metric history and its model read back through the server."""
+def test_queued_experiments_in_parallel_land_once_through_a_tracking_server_on_postgresql(repo, tmp_path):
+    """`make server DB=postgres`'s own command on a throw-away PostgreSQL cluster; two queued experiments run side
+    by side (`dvc queue start -j 2`) and each lands once, its params, metric history and model read back through
+    the server; `seq2seq link` tags each with its DVC experiment's commit. (Queued runs find the SQLite store as
+    temp ones do, from DVC's temp copies through DVC_ROOT: the temp experiment's test.)"""
     with postgres_cluster() as database:
         made = subprocess.run(
             ["make", "-s", "-n", "server", "DB=postgres", f"PG_URI={database}", f"ARTIFACTS={tmp_path / 'artifacts'}"],
@@ -139,13 +126,25 @@ def test_queued_experiment_through_a_tracking_server_on_postgresql(repo, tmp_pat
         assert command[command.index("--backend-store-uri") + 1] == database
         command = [*command[: command.index("--host")], "--workers", "1"]  # server() adds its own host and port
         with server(command, "/health", tmp_path / "server.log", seconds=180, cwd=tmp_path, env=env()) as uri:
-            run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.006"], repo)
-            _drain_queue(repo, jobs=1, MLFLOW_TRACKING_URI=uri)
+            run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.005,0.02"], repo)
+            _drain_queue(repo, jobs=2, MLFLOW_TRACKING_URI=uri)
+            names = _experiment_names(repo) - {"in-temp"}
+            assert len(names) == 2, names
             client = _client(uri)
-            (name,) = _runs_by_name(client)  # a new database: this experiment's run alone
-            _assert_one_run_with_a_loadable_model(client, name)
-            (run_,) = _runs_by_name(client)[name]
-            assert run_.data.params["train.lr"] == "0.006" and run_.data.params["model.hidden_dim"] == "32"
-            history = client.get_metric_history(run_.info.run_id, "train/loss")
-            assert [m.step for m in history] == list(range(1, TINY["train"]["max_epochs"] + 1))
-            assert any((tmp_path / "artifacts").rglob("model.onnx"))  # proxied: stored by the server
+            assert set(_runs_by_name(client)) == names  # a new database: these experiments' runs alone
+            lrs = set()
+            for name in names:
+                _assert_one_run_with_a_loadable_model(client, name)
+                (run_,) = _runs_by_name(client)[name]
+                lrs.add(run_.data.params["train.lr"])
+                assert run_.data.params["model.hidden_dim"] == "32"
+                history = client.get_metric_history(run_.info.run_id, "train/loss")
+                assert [m.step for m in history] == list(range(1, TINY["train"]["max_epochs"] + 1))
+            assert lrs == {"0.005", "0.02"}
+            assert len(list((tmp_path / "artifacts").rglob("model.onnx"))) == 2  # proxied: stored by the server
+            out = run(["seq2seq", "link"], repo, MLFLOW_TRACKING_URI=uri)
+            assert "tagged 2 runs of 2 experiments" in out, out
+            others = _experiment_names(repo) - names  # the temp experiment's (test above): the SQLite store holds it
+            assert not others or f"left alone, their runs are not in this store: {', '.join(others)}" in out, out
+            commits = {r.data.tags.get("dvc_exp_commit") for n in names for r in _runs_by_name(client)[n]}
+            assert None not in commits and len(commits) == 2

@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from seq2seq.tracking.runs import MODEL_URI_TAG
-from seq2seq.tracking.store import active_run, experiment_id_of, open_store, resolve_tracking_uri, store_errors
+from seq2seq.tracking.store import (
+    RunUnavailable,
+    active_run,
+    experiment_id_of,
+    open_store,
+    resolve_tracking_uri,
+    store_errors,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,17 +122,23 @@ def metric_histories(run_ids: list[str], key: str, env: Mapping[str, str] = os.e
 
 
 @store_errors
-def link_experiments(links: list[dict[str, str]], env: Mapping[str, str] = os.environ) -> int:
-    """Tag each run (and the runs continuing it) with its DVC experiment's name and commit; returns the count."""
+def link_experiments(links: list[dict[str, str]], env: Mapping[str, str] = os.environ) -> tuple[int, list[str]]:
+    """Tag each run (and the runs continuing it) with its DVC experiment's name and commit; returns the count, and
+    the experiments whose run this store does not hold (logged to another store) or deleted, left alone."""
     client, experiment_id = open_store(env)
-    tagged = 0
+    tagged, elsewhere = 0, []
     for link in links:
+        try:
+            active_run(client, link["run_id"], resolve_tracking_uri(env))
+        except RunUnavailable:
+            elsewhere.append(link["name"])
+            continue
         continuing = client.search_runs([experiment_id], f"tags.continues_run = '{link['run_id']}'")
         for run_id in [link["run_id"], *(r.info.run_id for r in continuing)]:
             client.set_tag(run_id, "dvc_exp_name", link["name"])
             client.set_tag(run_id, "dvc_exp_commit", link["rev"])
             tagged += 1
-    return tagged
+    return tagged, elsewhere
 
 
 @store_errors
