@@ -222,7 +222,8 @@ def test_killed_training_resumes_and_equals_an_uninterrupted_run(tmp_path):
     import torch
 
     repo = tiny_repo(tmp_path, run_pipeline=False)
-    set_params(repo, data={"n_train": 3000}, train={"max_epochs": 8, "patience": 8, "min_delta": 0.0})
+    # 1,500 examples: epochs long enough for the poll below to catch the run between its 2nd and 8th epoch.
+    set_params(repo, data={"n_train": 1500}, train={"max_epochs": 8, "patience": 8, "min_delta": 0.0})
     run(["dvc", "repro", "generate"], repo)
     state_file = repo / "models" / "train_state.pt"
     # Up to `train` only: what follows it (evaluate, export) is not what is tested here.
