@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,13 @@ _STORE_BEFORE = pytest.StashKey[set[str]]()
 
 
 def _store_listing() -> set[str]:
-    """What the repository's own MLflow store holds: run folders under mlruns/, and whether mlflow.db exists."""
+    """What the repository's own MLflow store holds (run folders under mlruns/, whether mlflow.db exists), and
+    every other path git neither tracks nor would list inside an ignored folder (caches aside)."""
     runs = {p.name for p in (ROOT / "mlruns").iterdir()} if (ROOT / "mlruns").is_dir() else set()
-    return runs | ({"mlflow.db"} if (ROOT / "mlflow.db").exists() else set())
+    status = ["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"]
+    listed = subprocess.run(status, cwd=ROOT, capture_output=True, text=True).stdout.splitlines()
+    strays = {line[3:] for line in listed if line[:2] in ("??", "!!") and "_cache" not in line}
+    return runs | strays | ({"mlflow.db"} if (ROOT / "mlflow.db").exists() else set())
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -31,12 +36,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session if a test wrote into the repository's MLflow store (a test that is not hermetic: its runs
-    would show up in the user's `make ui`). Checked once, after every worker is done."""
+    would show up in the user's `make ui`) or left anything else in the repository. Checked once, after every
+    worker is done."""
     if hasattr(session.config, "workerinput") or _STORE_BEFORE not in session.config.stash:
         return
     new = sorted(_store_listing() - session.config.stash[_STORE_BEFORE])
     if new:
-        print(f"\ntests wrote into the repository's MLflow store ({ROOT}): {', '.join(new)}")
+        print(f"\ntests wrote into the repository ({ROOT}), its MLflow store or elsewhere: {', '.join(new)}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -21,6 +21,16 @@ def test_default_store_is_the_cwd_without_dvc(tmp_path, monkeypatch):
     assert tracking.resolve_artifact_location({}) == (tmp_path.resolve() / "mlruns").as_uri()
 
 
+def test_the_database_file_of_a_sqlite_uri():
+    from seq2seq.tracking.store import sqlite_file
+
+    assert sqlite_file("sqlite:////srv/ml/mlflow.db") == Path("/srv/ml/mlflow.db")
+    assert sqlite_file("sqlite:///mlflow.db") == Path("mlflow.db")
+    assert sqlite_file("sqlite:///file:/srv/ml/mlflow.db?mode=ro&uri=true") == Path("/srv/ml/mlflow.db")
+    assert sqlite_file("sqlite:////srv/ml/mlflow.db?timeout=30") == Path("/srv/ml/mlflow.db")
+    assert sqlite_file("postgresql://u@db/mlflow") is None and sqlite_file("http://127.0.0.1:5000") is None
+
+
 def test_a_subfolder_of_the_project_uses_the_projects_store(tmp_path, monkeypatch):
     (tmp_path / ".dvc").mkdir()
     (tmp_path / "reports" / "deep").mkdir(parents=True)

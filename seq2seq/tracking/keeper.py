@@ -22,11 +22,10 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from seq2seq.tracking.runs import Run, open_run
-from seq2seq.tracking.store import TrackingError, cause, open_store, resolve_tracking_uri
+from seq2seq.tracking.store import TrackingError, cause, open_store, resolve_tracking_uri, sqlite_file
 
 CALLS = (
     "log_params",
@@ -188,7 +187,7 @@ def _warm_up(env: Mapping[str, str]) -> tuple | None:
     """Open a SQLite store that exists already, before the stage asks for its run. A store that does not exist
     yet is left for the run to create: a stage that stops before it logs leaves none behind."""
     uri = resolve_tracking_uri(env)
-    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
+    if (db := sqlite_file(uri)) is not None and db.exists():
         with contextlib.suppress(Exception):  # whatever fails here fails again in open_run, where it is reported
             return open_store(env)
     return None

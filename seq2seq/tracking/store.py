@@ -109,13 +109,21 @@ def describe_variant(baseline: str, params_path: Path) -> str:
     return f"Against {baseline[:7]}: {', '.join(changes) or 'the same params'}"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, also in SQLite's own URI form (`sqlite:///file:PATH?mode=ro&uri=true`,
+    a read-only store), without SQLAlchemy's query options; None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0].removeprefix("file:"))
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Serialise first contact with a SQLite store: processes creating one DB together race on its migration."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_file(uri)
+    if db is None:
         yield
         return
-    db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
