@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -163,6 +165,23 @@ def test_sizes_the_machine_cannot_hold_are_refused(default_params, tmp_path, sec
     out = tmp_path / "check.txt"
     result = CliRunner().invoke(load_stage("check"), ["--params", str(path), "--out", str(out)])
     assert result.exit_code == 2 and named in result.output and not out.exists(), result.output
+
+
+def test_the_size_check_counts_the_real_parameters_without_torch_dynamo():
+    """The meta-device build skips the weights' fills (their meta kernels import torch._dynamo, a third of the check
+    stage's time): the counts are still the model's own, and the check imports no dynamo."""
+    script = (
+        "import sys\n"
+        "from seq2seq.model import ModelConfig, Seq2Seq\n"
+        "from seq2seq.sizes import parameter_counts\n"
+        "cfg = ModelConfig(emb_dim=24, hidden_dim=40, num_layers=2, dropout=0.1)\n"
+        "counts = parameter_counts(cfg, 17)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'\n"
+        "real = {n: p.numel() for n, p in Seq2Seq(cfg, 17, 0, 1, 2).named_parameters()}\n"
+        "assert counts == real, (counts, real)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_default_and_the_seeds_sizes_fit_this_machine(default_params, tmp_path):
