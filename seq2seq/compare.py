@@ -67,14 +67,9 @@ def variant_table(runs: pd.DataFrame, sort_by: str, ascending: bool | None = Non
 
 
 def _markdown(table: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+    """pandas' markdown (tabulate), with a `|` in a run name escaped and a missing metric left blank."""
+    cells = table.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+    return cells.astype(object).where(cells.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="")
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

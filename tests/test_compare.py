@@ -50,17 +50,18 @@ def test_numeric_params_sort_as_numbers_and_unnamed_runs_show_their_id():
 
 def test_formats():
     table = variant_table(_runs(), "test/exact_match")
-    assert (
-        render(table, "md").splitlines()[0]
-        == "| run | run_id | model.hidden_dim | train.lr | test/exact_match | test/loss |"
-    )
-    assert render(table, "md").splitlines()[2] == "| big | b | 128 | 0.001 | 0.95 | 0.1 |"
+    markdown = [line.split("|")[1:-1] for line in render(table, "md").splitlines()]
+    assert [c.strip() for c in markdown[0]] == ["run", "run_id", "model.hidden_dim", "train.lr", *table.columns[-2:]]
+    assert [c.strip() for c in markdown[2]] == ["big", "b", "128", "0.001", "0.95", "0.1"]
     assert pd.read_csv(io.StringIO(render(table, "csv")))["run"].tolist() == ["big", "fast", "small"]
     assert json.loads(render(table, "json"))[0] == {
         "run": "big", "run_id": "b", "model.hidden_dim": "128", "train.lr": "0.001", "test/exact_match": 0.95,
         "test/loss": 0.1,
     }  # fmt: skip
     assert "big" in render(table, "table")
+    table.loc[1, ["run", "test/loss"]] = "a|b", None  # a pipe in a name is escaped, a missing metric blank
+    row = render(table, "md").splitlines()[3]
+    assert row.startswith("| a\\|b ") and row.endswith("|             |"), row
 
 
 def _exp(rev: str, name: str, run_id: str | None) -> dict:
