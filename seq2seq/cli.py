@@ -104,16 +104,13 @@ def predict(model_ref: str, source) -> None:
     Each prediction goes to stdout on its own line (empty for a refused line); problems go to stderr as
     `line N: ...`, and any refused line makes the exit code 1.
     """
-    from seq2seq.serving import Predictor
+    from seq2seq.tracking import registry
 
     lines = [line.rstrip(b"\r\n") for line in source]  # bytes: a line that is not UTF-8 is refused alone
+    if not lines:
+        raise click.ClickException("no input: give one source a line, in a file or on stdin")
     try:
-        if Path(model_ref).is_dir():
-            predictor = Predictor(Path(model_ref))
-        else:  # an MLflow model URI
-            from seq2seq.tracking import registry
-
-            predictor = registry.load_predictor(model_ref)
+        predictor = registry.load_predictor(model_ref)
     except (OSError, LookupError, ValueError) as err:  # InputError among them
         raise click.ClickException(f"cannot load the model {model_ref}: {err}") from None
     failed = 0

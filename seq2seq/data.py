@@ -242,9 +242,9 @@ def encode_split(frame: pd.DataFrame, vocab: Vocab) -> Encoded:
     )
 
 
-def dataset_digest(data_dir: Path) -> str:
-    """sha256 over the dataset folder's file names and bytes: the data tag of an MLflow run."""
+def dataset_digest(data_dir: Path, pattern: str = "*") -> str:
+    """sha256 over the names and bytes of the dataset folder's files matching `pattern`: an MLflow run's data tags."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(data_dir).iterdir() if p.is_file()):
+    for path in sorted(p for p in Path(data_dir).glob(pattern) if p.is_file()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()

@@ -16,14 +16,21 @@ class Decision:
     reason: str
 
 
-def decide(candidate: dict[str, float], champion: dict[str, float] | None) -> Decision:
+def decide(candidate: dict[str, float], champion: dict[str, float] | None, same_test_data: bool = True) -> Decision:
     """Promote when the candidate beats the champion on test exact match; on a tie, on lower test loss.
 
-    An exact tie on both keeps the champion: replacing it would gain nothing. Missing metrics are an error.
+    An exact tie on both keeps the champion: replacing it would gain nothing. Missing metrics are an error. Metrics
+    of other test data (another task, other data params) do not compare: the champion stays.
     """
     _require(candidate, "candidate")
     if champion is None:
         return Decision(True, "there is no champion yet")
+    if not same_test_data:
+        return Decision(
+            False,
+            "its test data is not the champion's, so their metrics do not compare (to replace a "
+            "champion of other data, move the alias by hand: MlflowClient().set_registered_model_alias)",
+        )
     _require(champion, "champion")
     new, old = candidate[KEY_METRIC], champion[KEY_METRIC]
     if new != old:
@@ -118,8 +125,10 @@ def register_candidate(
             f"the champion, version {current[0]}, comes from {err}; {err.remedy()}move "
             f"the alias by hand (MlflowClient().set_registered_model_alias)"
         ) from None
+    # Runs logged before the evaluate stage tagged its test data say nothing of it: they are taken as comparable.
+    digests = {registry.run_tags_of(r).get(tracking.TEST_DATA_TAG) for r in (run_id, current[1])} if current else ()
     try:
-        decision = decide(candidate, champion_metrics)
+        decision = decide(candidate, champion_metrics, same_test_data=None in digests or len(digests) < 2)
         version = registry.register(run_id)
     except (KeyError, LookupError) as err:  # metrics the evaluate stage did not log, a run with no model
         raise PromotionError(str(err.args[0])) from None

@@ -28,7 +28,7 @@ def main(params_path: Path, data_dir: Path, checkpoint_path: Path, run_ref: Path
          out_run_ref: Path, metrics_path: Path, by_length_dir: Path) -> None:  # fmt: skip
     with tracking.Keeper() as keeper:  # MLflow's imports overlap the evaluation
         from seq2seq.checkpoint import load_checkpoint
-        from seq2seq.data import load_split
+        from seq2seq.data import dataset_digest, load_split
         from seq2seq.evaluation import attention_samples, evaluate
         from seq2seq.files import atomic_dir, write_json
         from seq2seq.params import load_params
@@ -51,6 +51,7 @@ def main(params_path: Path, data_dir: Path, checkpoint_path: Path, run_ref: Path
 
         with keeper.run("evaluate", reference=run_ref, inherit=("data", "model", "train")) as run:
             run.log_params(params.flat("evaluate"))
+            run.set_tags({tracking.TEST_DATA_TAG: dataset_digest(data_dir, "test*.parquet")})
             run.log_metrics({f"{split}/{k}": v for split, r in results.items() for k, v in r.metrics.items()})
             run.log_table(results["test"].predictions.head(cfg.n_samples), "predictions/test_samples.json")
             run.log_figure(exact_match_by_length(tables), "plots/exact_match_by_length.png")

@@ -93,7 +93,7 @@ def train(params_path: Path, data_dir: Path, keeper: tracking.Keeper | None, **o
             save_training(result, model, vocab, out, where | peak, train_set.src_len)
             # The summary a variant is compared on; the best epoch's values are in the curves, at its step.
             run.log_metrics(sectioned(result.counts() | peak, "summary"))
-    click.echo(f"best epoch {result.best_epoch}: {result.best_metrics()['val_exact_match']:.4f} val exact match")
+    click.echo(f"best epoch {result.best_epoch} (by val loss): val loss {result.best_metrics()['val_loss']:.4g}")
 
 
 if __name__ == "__main__":

@@ -212,10 +212,10 @@ def test_a_state_whose_run_was_deleted_says_restore_it_or_delete_the_state(work)
     assert "resuming after" not in result.output and sorted(p.name for p in out.iterdir()) == ["state.pt"]
 
 
-def _cli(args: list[str]):
+def _cli(args: list[str], stdin: bytes | None = None):
     from seq2seq.cli import main
 
-    return CliRunner().invoke(main, args)
+    return CliRunner().invoke(main, args, input=stdin)
 
 
 @pytest.mark.parametrize(
@@ -268,9 +268,13 @@ def test_gate_promote_and_predict_name_the_bad_file(tmp_path):
     (export / "model.onnx").write_bytes(b"\x08\x07 half a protobuf")
     (export / "export.json").write_text('{"max_src_len": 8}')
     (export / "vocab.json").write_text('{"tokens": ["<pad>", "<bos>", "<eos>", "<unk>", "1"]}')
-    result = _cli(["predict", "--model", str(export)])
+    result = _cli(["predict", "--model", str(export)], b"1\n")
     assert result.exit_code == 1 and f"{export / 'model.onnx'}: not a loadable ONNX model" in result.output
     assert "Traceback" not in result.output
+    result = _cli(["predict", "--model", str(export)], b"")
+    assert result.exit_code == 1 and "Error: no input: give one source a line" in result.output, result.output
+    result = _cli(["predict", "--model", str(tmp_path / "nosuch")], b"1\n")
+    assert result.exit_code == 1 and f"{tmp_path / 'nosuch'}: no such export folder" in result.output, result.output
 
 
 def test_a_state_resumes_only_the_code_that_saved_it(tmp_path):

@@ -88,6 +88,11 @@ def test_a_bad_file_is_one_line_naming_the_line_and_nothing_is_written(tmp_path,
     assert result.output.count("\n") == 1 and message in result.output, result.output
     assert str(pairs) in result.output
     assert not (tmp_path / "gen").exists()
+    # The check stage reads the file the same way: dvc repro stops there, before DVC deletes generate's outputs.
+    marker = tmp_path / "check.txt"
+    args = ["--params", str(tmp_path / "params.yaml"), "--pairs", str(pairs), "--out", str(marker)]
+    checked = CliRunner().invoke(load_stage("check"), args)
+    assert (checked.exit_code, checked.output) == (1, result.output) and not marker.exists()
 
 
 @pytest.mark.slow
@@ -110,3 +115,10 @@ def test_from_a_file_of_pairs_to_a_served_model(tmp_path):
     # A new version of the file: DVC sees it, and reruns the pipeline from generate.
     (repo / "pairs" / "pairs.tsv").write_text(_pairs(seed=1))
     assert "generate" in run(["dvc", "status"], repo)
+    # A malformed one stops dvc repro at the check stage, every output as it was.
+    (repo / "pairs" / "pairs.tsv").write_text("ab\tBA\nabc CBA\n")
+    before = {p: p.read_bytes() for folder in ("data", "models") for p in (repo / folder).rglob("*") if p.is_file()}
+    assert "pairs.tsv:2: no tab between source and target" in run(["dvc", "repro"], repo, expect=255)
+    assert {
+        p: p.read_bytes() for folder in ("data", "models") for p in (repo / folder).rglob("*") if p.is_file()
+    } == before

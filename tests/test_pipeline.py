@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from seq2seq.checkpoint import load_checkpoint
+from seq2seq.data import dataset_digest
 from seq2seq.params import load_params
 from seq2seq.tracking.registry import REGISTERED_MODEL
 from tests.helpers import ROOT, copy_repo, env, run, server, set_params, tiny_repo
@@ -73,6 +74,7 @@ def test_mlflow_run_holds_params_metrics_tags_and_artifacts(repo, client):
         assert [m.step for m in client.get_metric_history(logged.info.run_id, key)] == list(range(1, epochs + 1)), key
     head = run(["git", "rev-parse", "HEAD"], repo).strip()
     assert logged.data.tags["git_commit"] == head and len(logged.data.tags["data_digest"]) == 64
+    assert logged.data.tags["test_data_digest"] == dataset_digest(repo / "data", "test*.parquet")  # promotion's
     assert logged.data.tags["torch_threads"] == env()["OMP_NUM_THREADS"]  # what the stages ran with
     assert logged.data.metrics["summary/best_epoch"] >= 1 and logged.data.metrics["summary/epochs_run"] == epochs
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}

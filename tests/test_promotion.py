@@ -15,8 +15,9 @@ def test_a_candidate_is_weighed_against_the_champion_and_registered(tmp_path, mo
     ref = tmp_path / "run.json"
     ref.write_text('{"run_id": "new"}')
     metrics = {"new": {"test/exact_match": 0.9, "test/loss": 0.2}, "old": {"test/exact_match": 0.8, "test/loss": 0.1}}
-    registered = []
+    registered, tags = [], {"new": {}, "old": {}}
     monkeypatch.setattr(registry, "run_metrics", lambda run_id: metrics[run_id])
+    monkeypatch.setattr(registry, "run_tags_of", lambda run_id: tags[run_id])
     monkeypatch.setattr(registry, "champion", lambda: ("1", "old"))
     monkeypatch.setattr(registry, "register", lambda run_id: registered.append(run_id) or "2")
     candidacy = promotion.register_candidate(ref)
@@ -27,6 +28,13 @@ def test_a_candidate_is_weighed_against_the_champion_and_registered(tmp_path, mo
         "candidate: version 2 (run new); champion: version 1 (run old)",
     ]
     assert candidacy.verdict("m@a") == "promoted: test/exact_match 0.9000 beats the champion's 0.8000; m@a -> version 2"
+    # Better figures on another test set (another task, other data params) do not compare: the champion stays.
+    tags.update(new={tracking.TEST_DATA_TAG: "a"}, old={tracking.TEST_DATA_TAG: "b"})
+    candidacy = promotion.register_candidate(ref)
+    assert registered == ["new", "new"] and not candidacy.moves_alias
+    assert candidacy.verdict("m@a").startswith("not promoted: its test data is not the champion's, so their metrics")
+    tags["old"] = {}  # a champion evaluated before the tag existed: taken as comparable, as before
+    assert promotion.register_candidate(ref).moves_alias
 
     monkeypatch.setattr(registry, "champion", lambda: ("2", "new"))  # promoted before: registered as the same version
     candidacy = promotion.register_candidate(ref)

@@ -6,7 +6,7 @@ pyfunc_model.py: the served model, logged from code.
 """
 
 from seq2seq.tracking.keeper import Keeper, ending
-from seq2seq.tracking.runs import OWNER_TAG, open_run, write_reference
+from seq2seq.tracking.runs import OWNER_TAG, TEST_DATA_TAG, open_run, write_reference
 from seq2seq.tracking.store import (
     DB_FILE,
     RunUnavailable,

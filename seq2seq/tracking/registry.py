@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seq2seq.tracking.runs import MODEL_URI_TAG
@@ -25,9 +26,20 @@ CHAMPION = "champion"
 __all__ = ["CHAMPION", "REGISTERED_MODEL", "experiment_id_of"]
 
 
+def load_predictor(model_ref: str, env: Mapping[str, str] = os.environ) -> Any:
+    """The Predictor of an export folder, or the one inside a logged or registered pyfunc (`models:/seq2seq@champion`,
+    `runs:/...`); FileNotFoundError for a path that is neither."""
+    from seq2seq.serving import Predictor
+
+    if Path(model_ref).is_dir():
+        return Predictor(Path(model_ref))
+    if ":" not in model_ref:  # not a URI: a folder that is not there
+        raise FileNotFoundError("no such export folder (models/export after dvc repro), nor an MLflow model URI")
+    return _logged_predictor(model_ref, env)
+
+
 @store_errors
-def load_predictor(model_uri: str, env: Mapping[str, str] = os.environ) -> Any:
-    """The Predictor inside a logged or registered pyfunc (`models:/seq2seq@champion`, `runs:/...`)."""
+def _logged_predictor(model_uri: str, env: Mapping[str, str]) -> Any:
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 

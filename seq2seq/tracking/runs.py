@@ -28,6 +28,7 @@ from seq2seq.tracking.store import (
 
 STAGE_TAG = "stage"  # stage.<name> = done once a stage has logged to a run
 MODEL_URI_TAG = "model_uri"  # the pyfunc the export stage logged
+TEST_DATA_TAG = "test_data_digest"  # the evaluate stage's test splits: metrics compare only on the same ones
 OWNER_TAG = "stage_owner"  # a token of the stage that holds the run open: only its keeper may mark it KILLED
 MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")  # MLflow's models-from-code: the file is the model
 
