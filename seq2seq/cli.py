@@ -171,6 +171,10 @@ def compare(
     runs = registry.search_runs(dict(t.split("=", 1) for t in tags))
     if runs.empty:
         raise click.ClickException(f"no finished runs in {redact(tracking.resolve_tracking_uri())} match")
+    digests = runs.get(f"tags.{tracking.TEST_DATA_TAG}")
+    if digests is not None and (tested_on := digests.nunique()) > 1:  # other tasks or data params
+        note = f"their test metrics compare only within one (--tag {tracking.TEST_DATA_TAG}=...)"
+        click.echo(f"note: these runs were tested on {tested_on} different test sets; {note}", err=True)
     try:
         table = variant_table(runs, sort_by, ascending)
     except KeyError as err:

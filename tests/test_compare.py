@@ -116,6 +116,15 @@ def test_compare_reads_the_store(store, tmp_path, monkeypatch):
     assert [row["run"] for row in json.loads(result.stdout)] == ["quick"]
     result = CliRunner().invoke(main, ["compare", "--sort-by", "nope"])
     assert result.exit_code == 2 and "cannot sort by 'nope'" in result.output
+    assert "test sets" not in CliRunner().invoke(main, ["compare"]).stderr  # one test set (untagged: unknown)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.resolve_tracking_uri())
+    for run_id, digest in zip(table["run_id"], ("a", "a", "b"), strict=True):  # the last run: another task's
+        client.set_tag(run_id, tracking.TEST_DATA_TAG, digest)
+    result = CliRunner().invoke(main, ["compare"])
+    assert result.exit_code == 0 and "note: these runs were tested on 2 different test sets" in result.stderr
 
 
 def test_runs_sharing_a_name_each_get_a_curve_and_tags_may_hold_quotes(tmp_path, monkeypatch):
